@@ -1,0 +1,46 @@
+"""Build the FastAPI application around an :class:`InferenceService`.
+
+Nothing global: ``create_app`` takes the objects built at start-up, and the lifespan loads the
+models in the background (so ``/health`` answers at once and ``/ready`` tracks loading) and
+drains and unloads them at shutdown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from inference_engine import __version__
+from inference_engine.api import health, routes
+from inference_engine.api.errors import install_error_handlers
+from inference_engine.api.middleware import RequestContextMiddleware
+from inference_engine.metrics import Metrics
+from inference_engine.service import InferenceService
+from inference_engine.settings import Settings
+
+
+def create_app(settings: Settings, service: InferenceService, metrics: Metrics) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service.start()
+        try:
+            yield
+        finally:
+            await service.stop(settings.server.drain_timeout_s)
+
+    app = FastAPI(
+        title="inference-engine",
+        version=__version__,
+        description="Image models behind HTTP with dynamic batching.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.metrics = metrics
+    metrics.build_info.labels(__version__).set(1)
+    install_error_handlers(app)
+    app.include_router(health.build_router(service, settings, metrics))
+    app.include_router(routes.build_router(service, settings))
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.logging.access_log)
+    return app

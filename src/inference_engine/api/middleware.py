@@ -1,0 +1,99 @@
+"""Request context middleware: request id, the access log line, request metrics, last-resort 500.
+
+A pure ASGI middleware (no ``BaseHTTPMiddleware``): it adds no task per request and sees the
+exact status that went out.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inference_engine.api.errors import error_response
+from inference_engine.logging import RequestContext, current_request
+from inference_engine.metrics import Metrics
+
+access_logger = logging.getLogger("inference_engine.access")
+error_logger = logging.getLogger("inference_engine.api")
+
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+
+
+def incoming_request_id(headers: list[tuple[bytes, bytes]]) -> str:
+    """The client's ``X-Request-ID`` when it is sane, else a new one."""
+    for key, value in headers:
+        if key == b"x-request-id":
+            candidate = value.decode("latin-1").strip()
+            if _VALID_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = True) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        ctx = RequestContext(request_id=incoming_request_id(scope["headers"]))
+        ctx.extra["started"] = started
+        token = current_request.set(ctx)
+        status = 500
+        response_started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                response_started = True
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", ctx.request_id.encode("latin-1")))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            error_logger.exception("unhandled error", extra={"path": scope.get("path")})
+            if not response_started:
+                response = error_response(500, "internal_error", "internal server error; see the server log")
+                await response(scope, receive, send_wrapper)
+        finally:
+            self._finish(scope, ctx, status, time.monotonic() - started)
+            current_request.reset(token)
+
+    def _finish(self, scope: Scope, ctx: RequestContext, status: int, elapsed: float) -> None:
+        route = scope.get("route")
+        route_path: str = getattr(route, "path", None) or "unmatched"
+        model = ctx.model or ""
+        self.metrics.requests.labels(model, route_path, str(status)).inc()
+        self.metrics.request_duration.labels(model, route_path).observe(elapsed)
+        if "error" in ctx.extra:
+            self.metrics.errors.labels(model, ctx.extra["error"]).inc()
+        if not self.access_log or (route_path in _QUIET_ROUTES and status < 400):
+            return
+        fields: dict[str, Any] = {
+            "method": scope.get("method"),
+            "path": scope.get("path"),
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+        }
+        if ctx.model:
+            fields["model"] = ctx.model
+        if ctx.batch_size is not None:
+            fields["batch_size"] = ctx.batch_size
+        if "error" in ctx.extra:
+            fields["error"] = ctx.extra["error"]
+        access_logger.info("request", extra=fields)

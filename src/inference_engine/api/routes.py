@@ -1,0 +1,135 @@
+"""Inference routes: ``POST /v1/models/{name}/predict`` and ``POST /predict`` (default model)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Query, Request
+from starlette.types import Receive
+
+from inference_engine.api.payload import read_image_bytes
+from inference_engine.errors import ClientDisconnected, ModelNotFound
+from inference_engine.logging import current_request
+from inference_engine.service import InferenceService, Prediction
+from inference_engine.settings import Settings
+
+T = TypeVar("T")
+
+_IMAGE_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "An image (JPEG, PNG, WebP, GIF, BMP, TIFF) as the raw body or a multipart 'file'.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"description": text}
+    for code, text in {
+        400: "Malformed request",
+        404: "Unknown model",
+        413: "Body too large",
+        415: "Not a supported image",
+        422: "Invalid image or parameter",
+        503: "Queue full, model not ready, or shutting down (see Retry-After)",
+        504: "Deadline exceeded",
+    }.items()
+}
+
+TopK = Annotated[int | None, Query(ge=1, le=1000, description="How many predictions to return.")]
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
+    """Await ``work``, cancelling it if the client disconnects first (so it costs no forward pass)."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise ClientDisconnected("the client disconnected before the answer was ready")
+    return task.result()
+
+
+def format_prediction(prediction: Prediction, request_id: str, total_s: float) -> dict[str, Any]:
+    return {
+        "model": prediction.model,
+        "model_version": prediction.model_version,
+        "request_id": request_id,
+        **prediction.body,
+        "timings_ms": {
+            "preprocess": round(prediction.preprocess_s * 1000, 3),
+            "queue": round(prediction.queue_s * 1000, 3),
+            "inference": round(prediction.inference_s * 1000, 3),
+            "total": round(total_s * 1000, 3),
+        },
+    }
+
+
+def build_router(service: InferenceService, settings: Settings) -> APIRouter:
+    router = APIRouter(tags=["inference"])
+
+    async def predict(name: str, request: Request, top_k: int | None) -> dict[str, Any]:
+        ctx = current_request.get()
+        assert ctx is not None
+        ctx.model = name
+        started: float = ctx.extra.get("started", time.monotonic())
+        runtime = service.runtime(name)  # 404 before reading a body for an unknown model
+        data = await read_image_bytes(request, settings.server.max_body_bytes)
+        prediction = await until_disconnect(
+            service.infer(
+                runtime.name,
+                data,
+                top_k=top_k,
+                deadline=started + settings.server.request_timeout_s,
+                request_id=ctx.request_id,
+            ),
+            request.receive,
+        )
+        ctx.batch_size = prediction.batch_size
+        return format_prediction(prediction, ctx.request_id, time.monotonic() - started)
+
+    @router.post(
+        "/v1/models/{name}/predict",
+        summary="Classify an image with the named model",
+        openapi_extra=_IMAGE_BODY,
+        responses=_ERRORS,
+    )
+    async def predict_named(name: str, request: Request, top_k: TopK = None) -> dict[str, Any]:
+        return await predict(name, request, top_k)
+
+    @router.post(
+        "/predict",
+        summary="Classify an image with the default model",
+        openapi_extra=_IMAGE_BODY,
+        responses=_ERRORS,
+    )
+    async def predict_default(request: Request, top_k: TopK = None) -> dict[str, Any]:
+        if service.default_model is None:
+            raise ModelNotFound("no model is configured")
+        return await predict(service.default_model, request, top_k)
+
+    return router

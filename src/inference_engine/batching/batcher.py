@@ -1,0 +1,231 @@
+"""The dynamic batcher: futures in, batched forward passes on model threads, results out.
+
+One asyncio task per model instance takes batches from the shared queue and runs them on that
+instance's :class:`ModelWorker`. Every accepted item's future is resolved exactly once: with
+its output, with its own exception, with the batch's exception, or at shutdown. The loop
+survives any model error; if it ever ends, :attr:`alive` turns false and readiness with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from inference_engine.batching.queue import BatchQueue, WorkItem
+from inference_engine.batching.worker import ModelWorker
+from inference_engine.errors import DeadlineExceeded, EngineError, ModelFailed, ShuttingDown
+from inference_engine.metrics import Metrics
+
+ItemT = TypeVar("ItemT")
+OutputT = TypeVar("OutputT")
+
+PredictFn = Callable[[list[ItemT]], Sequence[OutputT | BaseException]]
+
+logger = logging.getLogger("inference_engine.batcher")
+
+_batch_ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """When a batch closes and how much may wait."""
+
+    max_batch_size: int
+    max_batch_delay_ms: float
+    max_queue_size: int
+
+
+@dataclass(frozen=True)
+class BatchResult(Generic[OutputT]):
+    """One item's output and what it cost."""
+
+    output: OutputT
+    queue_s: float
+    inference_s: float
+    batch_size: int
+    batch_id: int
+
+
+def _set_result(item: WorkItem[Any], result: Any) -> None:
+    if not item.future.done():
+        item.future.set_result(result)
+
+
+def _set_exception(item: WorkItem[Any], exc: BaseException) -> None:
+    if not item.future.done():
+        item.future.set_exception(exc)
+
+
+class DynamicBatcher(Generic[ItemT, OutputT]):
+    """Batches items for one model across one or more instances."""
+
+    def __init__(
+        self,
+        model: str,
+        policy: BatchPolicy,
+        instances: Sequence[tuple[ModelWorker, PredictFn[ItemT, OutputT]]],
+        metrics: Metrics,
+    ) -> None:
+        self.model = model
+        self.policy = policy
+        self._instances = list(instances)
+        self._metrics = metrics
+        depth_gauge = metrics.queue_depth.labels(model)
+        self._queue: BatchQueue[ItemT] = BatchQueue(policy.max_queue_size, depth_gauge.set)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running_batches = 0
+        self._accepting = False
+        self._throughput = 0.0  # items per second, smoothed; feeds Retry-After
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start one batch loop per instance."""
+        self._accepting = True
+        for index, (worker, predict) in enumerate(self._instances):
+            task = asyncio.create_task(self._loop(worker, predict), name=f"batcher-{self.model}-{index}")
+            task.add_done_callback(self._loop_ended)
+            self._tasks.append(task)
+
+    @property
+    def alive(self) -> bool:
+        """True while every batch loop runs."""
+        return bool(self._tasks) and all(not t.done() for t in self._tasks)
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new items, let queued and running ones finish (up to ``timeout_s``), then stop."""
+        self._accepting = False
+        deadline = time.monotonic() + timeout_s
+        while (len(self._queue) or self._running_batches) and time.monotonic() < deadline:
+            self._idle.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), min(0.05, max(0.0, deadline - time.monotonic())))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for item in self._queue.drain_nowait():
+            _set_exception(item, ShuttingDown("the server shut down before this request ran"))
+
+    # -- intake ----------------------------------------------------------------------------
+
+    def submit(self, payload: ItemT, *, deadline: float, request_id: str = "-") -> asyncio.Future[Any]:
+        """Queue one item; the returned future resolves to a :class:`BatchResult`.
+
+        Raises ``QueueFull`` at once when the queue is full, ``ShuttingDown`` while draining.
+        """
+        if not self._accepting:
+            raise ShuttingDown(f"model {self.model} is not accepting requests (shutting down)")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        item = WorkItem(payload, future, deadline, request_id)
+        self._queue.put(item, retry_after_s=self.retry_after_s())
+        return future
+
+    def retry_after_s(self) -> float:
+        """Seconds until the current backlog should have cleared, from recent throughput."""
+        if self._throughput <= 0:
+            return 1.0
+        return min(60.0, max(1.0, len(self._queue) / self._throughput))
+
+    def _admit(self, item: WorkItem[Any]) -> bool:
+        if item.future.done():  # cancelled: the client went away or gave up
+            self._metrics.dropped.labels(self.model, "cancelled").inc()
+            return False
+        if time.monotonic() >= item.deadline:
+            self._metrics.dropped.labels(self.model, "deadline").inc()
+            _set_exception(item, DeadlineExceeded("the request's deadline passed while it was queued"))
+            return False
+        return True
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def _loop(self, worker: ModelWorker, predict: PredictFn[ItemT, OutputT]) -> None:
+        max_delay_s = self.policy.max_batch_delay_ms / 1000.0
+        while True:
+            batch = await self._queue.next_batch(self.policy.max_batch_size, max_delay_s, self._admit)
+            self._running_batches += 1
+            try:
+                await self._run_batch(worker, predict, batch)
+            finally:
+                self._running_batches -= 1
+                if not self._running_batches and not len(self._queue):
+                    self._idle.set()
+
+    async def _run_batch(
+        self, worker: ModelWorker, predict: PredictFn[ItemT, OutputT], batch: list[WorkItem[ItemT]]
+    ) -> None:
+        batch_id = next(_batch_ids)
+        started = time.monotonic()
+        waits = [started - item.enqueued_at for item in batch]
+        for wait in waits:
+            self._metrics.queue_wait.labels(self.model).observe(wait)
+        try:
+            outputs = await worker.call(predict, [item.payload for item in batch])
+            if len(outputs) != len(batch):
+                raise ModelFailed(
+                    f"predict returned {len(outputs)} outputs for a batch of {len(batch)} inputs"
+                )
+        except asyncio.CancelledError:
+            for item in batch:
+                _set_exception(item, ShuttingDown("the server shut down while this request ran"))
+            raise
+        except Exception as exc:
+            self._metrics.batch_failures.labels(self.model).inc()
+            logger.exception(
+                "batch failed",
+                extra={"model": self.model, "batch_id": batch_id, "batch_size": len(batch),
+                       "request_ids": [item.request_id for item in batch]},
+            )  # fmt: skip
+            failure = exc if isinstance(exc, EngineError) else ModelFailed(
+                f"the model failed on this batch ({type(exc).__name__}); see the server log"
+            )  # fmt: skip
+            for item in batch:
+                _set_exception(item, failure)
+            return
+        elapsed = time.monotonic() - started
+        self._metrics.inference_duration.labels(self.model).observe(elapsed)
+        self._metrics.batch_size.labels(self.model).observe(len(batch))
+        rate = len(batch) / elapsed if elapsed > 0 else 0.0
+        self._throughput = rate if self._throughput == 0 else 0.8 * self._throughput + 0.2 * rate
+        logger.info(
+            "batch done",
+            extra={"model": self.model, "batch_id": batch_id, "batch_size": len(batch),
+                   "queue_wait_ms": round(max(waits) * 1000, 2), "inference_ms": round(elapsed * 1000, 2),
+                   "request_ids": [item.request_id for item in batch]},
+        )  # fmt: skip
+        for item, wait, output in zip(batch, waits, outputs, strict=True):
+            if isinstance(output, BaseException):
+                _set_exception(item, self._item_failure(output, item))
+            else:
+                _set_result(item, BatchResult(output, wait, elapsed, len(batch), batch_id))
+
+    def _item_failure(self, exc: BaseException, item: WorkItem[Any]) -> BaseException:
+        if isinstance(exc, EngineError):
+            return exc
+        logger.error(
+            "model failed on one input",
+            exc_info=(type(exc), exc, exc.__traceback__),
+            extra={"model": self.model, "request_id": item.request_id},
+        )
+        return ModelFailed(f"the model failed on this input ({type(exc).__name__}); see the server log")
+
+    def _loop_ended(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        logger.critical(
+            "batch loop ended unexpectedly; model is no longer ready",
+            exc_info=(type(exc), exc, exc.__traceback__) if exc else None,
+            extra={"model": self.model},
+        )

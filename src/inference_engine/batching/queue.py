@@ -1,0 +1,93 @@
+"""A bounded queue of work items and the rule that turns it into batches.
+
+A batch closes when it holds ``max_size`` items or when ``max_delay`` has passed since its
+*first item was enqueued* (Triton's rule): an item that already waited while the model was busy
+is not made to wait again, so at low load the delay adds at most itself to latency and at high
+load batches fill from the backlog at once. Waiting is event-driven, never polled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from inference_engine.errors import QueueFull
+
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class WorkItem(Generic[T]):
+    """One input waiting for a forward pass, and the future its request awaits."""
+
+    payload: T
+    future: asyncio.Future[Any]
+    deadline: float
+    request_id: str = "-"
+    enqueued_at: float = field(default_factory=time.monotonic)
+
+
+class BatchQueue(Generic[T]):
+    """Bounded FIFO of :class:`WorkItem`; a full queue refuses at once instead of blocking."""
+
+    def __init__(self, maxsize: int, on_depth: Callable[[int], None] | None = None) -> None:
+        self.maxsize = maxsize
+        self._queue: asyncio.Queue[WorkItem[T]] = asyncio.Queue(maxsize)
+        self._on_depth = on_depth or (lambda depth: None)
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+    def put(self, item: WorkItem[T], retry_after_s: float = 1.0) -> None:
+        """Enqueue or raise :class:`QueueFull` (HTTP 503 with ``Retry-After``)."""
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise QueueFull(
+                f"the queue is full ({self.maxsize} requests waiting); retry shortly",
+                retry_after_s=retry_after_s,
+            ) from None
+        self._on_depth(self._queue.qsize())
+
+    async def next_batch(
+        self, max_size: int, max_delay_s: float, admit: Callable[[WorkItem[T]], bool]
+    ) -> list[WorkItem[T]]:
+        """Wait for one admitted item, then gather more until the batch is full or due.
+
+        ``admit`` returns False for items that must not run (client gone, deadline passed);
+        they are dropped here so they never take a slot in a forward pass.
+        """
+        batch: list[WorkItem[T]] = []
+        while not batch:
+            first = await self._queue.get()
+            if admit(first):
+                batch.append(first)
+        due = batch[0].enqueued_at + max_delay_s
+        while len(batch) < max_size:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = due - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if admit(item):
+                batch.append(item)
+        self._on_depth(self._queue.qsize())
+        return batch
+
+    def drain_nowait(self) -> list[WorkItem[T]]:
+        """Remove and return everything still queued (used at shutdown)."""
+        items: list[WorkItem[T]] = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                self._on_depth(0)
+                return items

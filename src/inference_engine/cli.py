@@ -1,0 +1,139 @@
+"""Command line: ``serve``, ``config show``, ``models list``.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage (argparse's convention).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from inference_engine import __version__
+from inference_engine.errors import ConfigError, ModelLoadError
+from inference_engine.settings import LoadedSettings, Settings, load_settings
+
+logger = logging.getLogger("inference_engine.cli")
+
+EXIT_CONFIG = 2
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--env", choices=["dev", "prod", "test"], help="environment layer (default: IE_ENV or dev)"
+    )
+    parser.add_argument("--config", type=Path, help="an extra YAML layer above configs/<env>.yaml")
+    parser.add_argument("--config-dir", type=Path, default=Path("configs"), help="folder of base/<env> YAML")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="inference-engine", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"inference-engine {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve the model repository over HTTP")
+    _add_config_args(serve)
+    serve.add_argument("--model-repository", type=Path, help="folder of model folders")
+    serve.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME",
+        help="serve only NAME (repeatable)",
+    )
+    serve.add_argument("--host", help="address to bind")
+    serve.add_argument("--port", type=int, help="port to listen on")
+    serve.add_argument("--log-format", choices=["json", "text"], help="log format")
+    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
+
+    config = commands.add_parser("config", help="inspect the configuration")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    show = config_commands.add_parser("show", help="the merged configuration and where each value came from")
+    _add_config_args(show)
+    show.add_argument("--format", choices=["text", "json"], default="text")
+
+    models = commands.add_parser("models", help="inspect the model repository")
+    models_commands = models.add_subparsers(dest="models_command", required=True)
+    listing = models_commands.add_parser(
+        "list", help="the models in the repository and whether they validate"
+    )
+    _add_config_args(listing)
+    listing.add_argument("--model-repository", type=Path, help="folder of model folders")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if getattr(args, "model_repository", None) is not None:
+        overrides["model_repository"] = str(args.model_repository)
+    if getattr(args, "models", None):
+        overrides["models"] = args.models
+    server = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
+    if server:
+        overrides["server"] = server
+    log = {"format": getattr(args, "log_format", None), "level": getattr(args, "log_level", None)}
+    if any(log.values()):
+        overrides["logging"] = {k: v for k, v in log.items() if v is not None}
+    return overrides
+
+
+def _load(args: argparse.Namespace) -> LoadedSettings:
+    return load_settings(
+        config_dir=args.config_dir,
+        env=args.env,
+        config_file=args.config,
+        overrides=_overrides(args),
+    )
+
+
+def _config_show(loaded: LoadedSettings, fmt: str) -> int:
+    rows = list(loaded.items())
+    if fmt == "json":
+        print(json.dumps({key: {"value": value, "source": source} for key, value, source in rows}, indent=2))
+        return 0
+    width = max(len(key) for key, _, _ in rows)
+    for key, value, source in rows:
+        print(f"{key:<{width}}  {json.dumps(value):<24}  # {source}")
+    return 0
+
+
+def _models_list(settings: Settings) -> int:
+    from inference_engine.models.loader import scan_repository
+
+    specs, broken = scan_repository(settings.model_repository, settings.batching)
+    rows = [
+        (s.name, s.config.version, s.config.handler, s.config.device,
+         f"batch<={s.config.max_batch_size} delay={s.config.max_batch_delay_ms}ms", "ok")
+        for s in specs
+    ] + [(b.name, "-", "-", "-", "-", f"INVALID: {b.error}") for b in broken]  # fmt: skip
+    if not rows:
+        print(f"no models in {settings.model_repository}")
+        return 1
+    print(f"{'NAME':<24} {'VERSION':<8} {'HANDLER':<20} {'DEVICE':<7} {'BATCHING':<28} STATUS")
+    for row in sorted(rows):
+        print(f"{row[0]:<24} {row[1]:<8} {row[2]:<20} {row[3]:<7} {row[4]:<28} {row[5]}")
+    return 1 if broken else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        loaded = _load(args)
+    except ConfigError as exc:
+        print(f"inference-engine: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.command == "config":
+            return _config_show(loaded, args.format)
+        if args.command == "models":
+            return _models_list(loaded.settings)
+        from inference_engine.server import serve
+
+        return serve(loaded.settings)
+    except ModelLoadError as exc:
+        print(f"inference-engine: {exc}", file=sys.stderr)
+        return EXIT_CONFIG

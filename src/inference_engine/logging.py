@@ -1,0 +1,111 @@
+"""Logging set-up: JSON lines for machines, plain text for people, request ids on every line.
+
+The request id lives in a context variable bound by the HTTP middleware, so any log call made
+while serving a request (in the route, the service, or a worker thread that copied the context)
+carries it without passing it around.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from inference_engine.settings import LoggingSettings
+
+
+@dataclass
+class RequestContext:
+    """Facts about the current request that the access log line reports."""
+
+    request_id: str
+    model: str | None = None
+    batch_size: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+current_request: ContextVar[RequestContext | None] = ContextVar("current_request", default=None)
+
+# Attributes every LogRecord has; anything else passed via ``extra=`` is emitted as a field.
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
+
+
+class RequestIdFilter(logging.Filter):
+    """Stamp ``record.request_id`` from the current request context (``-`` outside one)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            ctx = current_request.get()
+            record.request_id = ctx.request_id if ctx is not None else "-"
+        return True
+
+
+def _extra_fields(record: logging.LogRecord) -> dict[str, Any]:
+    return {k: v for k, v in vars(record).items() if k not in _RECORD_ATTRS and not k.startswith("_")}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, request id and extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
+        }
+        payload.update(_extra_fields(record))
+        if record.exc_info:
+            payload["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(payload, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger [request id] message key=value ...`` for a terminal."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        extras = _extra_fields(record)
+        if extras:
+            line += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+        return line
+
+
+def configure_logging(settings: LoggingSettings) -> None:
+    """Install handlers on the root logger; uvicorn's own loggers propagate to it."""
+    formatter = "json" if settings.format == "json" else "text"
+    logging.config.dictConfig(
+        {
+            "version": 1,
+            "disable_existing_loggers": False,
+            "filters": {"request_id": {"()": RequestIdFilter}},
+            "formatters": {
+                "json": {"()": JsonFormatter},
+                "text": {"()": TextFormatter},
+            },
+            "handlers": {
+                "stderr": {
+                    "class": "logging.StreamHandler",
+                    "formatter": formatter,
+                    "filters": ["request_id"],
+                    "stream": "ext://sys.stderr",
+                }
+            },
+            "root": {"level": settings.level, "handlers": ["stderr"]},
+            "loggers": {
+                "uvicorn": {"level": settings.level, "handlers": [], "propagate": True},
+                "uvicorn.error": {"level": settings.level, "handlers": [], "propagate": True},
+                # Our middleware writes the access line, with the request id and model.
+                "uvicorn.access": {"level": "WARNING", "handlers": [], "propagate": False},
+            },
+        }
+    )

@@ -1,0 +1,112 @@
+"""Prometheus metrics on the server's own registry.
+
+A :class:`Metrics` object is built at start-up and passed to whoever records; nothing is
+registered at import time, so two servers (or two tests) in one process never collide.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+PREFIX = "inference_engine"
+
+_LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
+
+
+class Metrics:
+    """Every metric the server exports, named ``inference_engine_*``."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.build_info = Gauge(f"{PREFIX}_build_info", "Server version.", ["version"], registry=r)
+        self.requests = Counter(
+            f"{PREFIX}_requests",
+            "HTTP requests answered.",
+            ["model", "route", "status"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            f"{PREFIX}_request_duration_seconds",
+            "Time from request arrival to response, per route.",
+            ["model", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.preprocess_duration = Histogram(
+            f"{PREFIX}_preprocess_duration_seconds",
+            "Decode and pre-processing time of one input in the worker pool.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            f"{PREFIX}_queue_wait_seconds",
+            "Time an input waited in the model queue before its forward pass started.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_duration = Histogram(
+            f"{PREFIX}_inference_duration_seconds",
+            "Duration of one batched forward pass.",
+            ["model"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size",
+            "Inputs per forward pass.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            f"{PREFIX}_queue_depth", "Inputs waiting in the model queue.", ["model"], registry=r
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}_in_flight_requests",
+            "Inference requests being handled.",
+            ["model"],
+            registry=r,
+        )
+        self.errors = Counter(
+            f"{PREFIX}_errors",
+            "Errors answered to clients, by type.",
+            ["model", "type"],
+            registry=r,
+        )
+        self.dropped = Counter(
+            f"{PREFIX}_dropped_inputs",
+            "Queued inputs dropped before their forward pass (deadline passed, client gone).",
+            ["model", "reason"],
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            f"{PREFIX}_model_ready",
+            "1 when the model is loaded and its batch loop runs.",
+            ["model"],
+            registry=r,
+        )
+        self.model_load_seconds = Gauge(
+            f"{PREFIX}_model_load_seconds", "Time to load the model.", ["model"], registry=r
+        )
+        self.model_warmup_seconds = Gauge(
+            f"{PREFIX}_model_warmup_seconds", "Time to warm the model up.", ["model"], registry=r
+        )
+        self.model_load_failures = Counter(
+            f"{PREFIX}_model_load_failures", "Failed model loads.", ["model"], registry=r
+        )
+        self.batch_failures = Counter(
+            f"{PREFIX}_batch_failures",
+            "Forward passes that raised for the whole batch.",
+            ["model"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,140 @@
+"""The model contract: ``model.yaml``'s schema and the handler base class.
+
+A handler is an abstract base class so that a handler missing a method fails when its folder is
+loaded, not on the first request. The batcher only ever calls ``predict`` with a list; it knows
+nothing of images or HTTP.
+
+Where each hook runs:
+
+* ``load`` and ``warmup`` and ``unload``: once, on the model instance's own thread.
+* ``preprocess``: per request, in the worker pool, concurrently (must be thread-safe).
+* ``predict``: per batch, on the model instance's own thread; one entry per input, in order;
+  an entry that is an exception fails only that input.
+* ``postprocess``: per request, on the event loop (keep it cheap).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ItemT = TypeVar("ItemT")
+OutputT = TypeVar("OutputT")
+
+
+class PreprocessingConfig(BaseModel):
+    """How an RGB image becomes the model's input tensor."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    resize: int = Field(256, ge=1)
+    """Shorter side after resizing, before the centre crop."""
+    crop: int = Field(224, ge=1)
+    """Side of the square centre crop fed to the model."""
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bicubic"
+    """Resampling filter for the resize."""
+    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
+    """Per-channel value subtracted from 0..255 pixels."""
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    """Per-channel divisor applied after the mean."""
+
+    @field_validator("crop")
+    @classmethod
+    def _crop_fits(cls, crop: int, info: Any) -> int:
+        resize = info.data.get("resize")
+        if resize is not None and crop > resize:
+            raise ValueError(f"crop ({crop}) must not exceed resize ({resize})")
+        return crop
+
+
+class ModelConfig(BaseModel):
+    """The schema of ``models/<name>/model.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    """Name used in URLs (``/v1/models/{name}/predict``); must match the folder name."""
+    version: str = "1"
+    """Version reported with every answer."""
+    handler: str
+    """A built-in handler name, or ``model.py:ClassName`` for a custom handler in the folder."""
+    weights: str | None = None
+    """Weights file, relative to the folder (or absolute); ``null`` where the handler knows."""
+    device: str = "cpu"
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Floating-point type of the weights and inputs."""
+    labels: str | list[str] | None = None
+    """``imagenet``, a text file in the folder (one label per line), or an inline list."""
+    top_k: int = Field(5, ge=1)
+    """Default number of predictions answered; a request may ask for another ``top_k``."""
+    max_batch_size: int | None = Field(None, ge=1, le=4096)
+    """Overrides ``batching.max_batch_size`` for this model."""
+    max_batch_delay_ms: float | None = Field(None, ge=0)
+    """Overrides ``batching.max_batch_delay_ms`` for this model."""
+    max_queue_size: int | None = Field(None, ge=1)
+    """Overrides ``batching.max_queue_size`` for this model."""
+    instances: int = Field(1, ge=1, le=64)
+    """Model copies, each with its own thread, fed from the same queue."""
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    """Image pre-processing."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Handler-specific settings."""
+
+
+class ModelHandler(ABC, Generic[ItemT, OutputT]):
+    """Base class of every model handler, built-in or custom (``model.py``)."""
+
+    def __init__(self, config: ModelConfig, model_dir: Path) -> None:
+        self.config = config
+        self.model_dir = model_dir
+
+    @abstractmethod
+    def load(self, device: str) -> None:
+        """Load weights onto ``device``; called once on this instance's own thread."""
+
+    @abstractmethod
+    def preprocess(self, image: Image.Image) -> ItemT:
+        """Turn one decoded RGB image into one model input; raise ``InvalidInput`` to refuse it."""
+
+    @abstractmethod
+    def predict(self, items: Sequence[ItemT]) -> Sequence[OutputT | BaseException]:
+        """Run one batch; return one output per item, in order (an exception fails that item)."""
+
+    @abstractmethod
+    def postprocess(self, output: OutputT, *, top_k: int) -> dict[str, Any]:
+        """Turn one output into the JSON fields of its answer (e.g. ``{"predictions": [...]}``)."""
+
+    def decode_min_side(self) -> int | None:
+        """Shortest side the decoder must keep (JPEG draft mode may decode smaller images)."""
+        return self.config.preprocessing.resize
+
+    def warmup(self) -> None:
+        """Run representative batches once so the first request is not slow; best effort."""
+        image = Image.new("RGB", (self.config.preprocessing.resize,) * 2, (127, 127, 127))
+        item = self.preprocess(image)
+        for size in sorted({1, self.config.max_batch_size or 1}):
+            self.predict([item] * size)
+
+    def unload(self) -> None:
+        """Release resources; called once on shutdown on this instance's own thread."""
+
+    def labels(self) -> list[str]:
+        """Class labels, when the model has them."""
+        return []
+
+    def metadata(self) -> dict[str, Any]:
+        """Inputs, outputs and labels, as ``GET /v1/models/{name}`` shows them."""
+        size = self.config.preprocessing.crop
+        labels = self.labels()
+        return {
+            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1], "format": "encoded image"}],
+            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
+            "input_size": [3, size, size],
+            "labels_count": len(labels),
+        }

@@ -1,0 +1,71 @@
+"""Assemble the server from settings and run it under uvicorn.
+
+This is the one place where start-up objects are built (metrics, model specs, the service, the
+app) and handed to each other; nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+from fastapi import FastAPI
+
+from inference_engine import __version__
+from inference_engine.api import create_app
+from inference_engine.imaging import ImageLimits
+from inference_engine.logging import configure_logging
+from inference_engine.metrics import Metrics
+from inference_engine.models.loader import scan_repository
+from inference_engine.service import InferenceService
+from inference_engine.settings import Settings
+
+logger = logging.getLogger("inference_engine.server")
+
+
+def build_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
+    """Validate the model repository and build the app; raises ``ModelLoadError`` if it is unusable."""
+    metrics = metrics or Metrics()
+    specs, broken = scan_repository(settings.model_repository, settings.batching, settings.models or None)
+    images = settings.images
+    service = InferenceService(
+        specs,
+        broken,
+        metrics,
+        limits=ImageLimits(
+            max_pixels=images.max_pixels,
+            min_width=images.min_width,
+            min_height=images.min_height,
+            max_width=images.max_width,
+            max_height=images.max_height,
+        ),
+        preprocess_workers=settings.server.preprocess_workers,
+        default_model=settings.server.default_model,
+    )
+    return create_app(settings, service, metrics)
+
+
+def serve(settings: Settings) -> int:
+    """Run until SIGINT/SIGTERM; models load in the background while ``/health`` answers."""
+    configure_logging(settings.logging)
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    app = build_app(settings)
+    logger.info(
+        "starting inference-engine",
+        extra={"version": __version__, "env": settings.env, "host": settings.server.host,
+               "port": settings.server.port, "model_repository": str(settings.model_repository)},
+    )  # fmt: skip
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.server.drain_timeout_s) or None,
+        server_header=False,
+    )
+    uvicorn.Server(config).run()
+    return 0

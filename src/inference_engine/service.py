@@ -1,0 +1,275 @@
+"""The data plane: decode -> submit -> await -> format. No HTTP types here.
+
+:class:`InferenceService` owns the models (each a :class:`ModelRuntime`), the worker pool that
+decodes images, and start-up / shutdown. Any transport (REST today, others later) calls
+:meth:`InferenceService.infer` and formats what it gets back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from inference_engine.batching import BatchPolicy, BatchResult, DynamicBatcher, ModelWorker
+from inference_engine.errors import (
+    DeadlineExceeded,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    ShuttingDown,
+)
+from inference_engine.imaging import ImageLimits, decode_image
+from inference_engine.metrics import Metrics
+from inference_engine.models.base import ModelConfig, ModelHandler
+from inference_engine.models.loader import BrokenModel, ModelSpec
+
+logger = logging.getLogger("inference_engine.service")
+
+R = TypeVar("R")
+
+
+class ModelState(enum.StrEnum):
+    PENDING = "pending"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass
+class ModelRuntime:
+    """One served model: its spec, instances, batcher, and what happened while loading."""
+
+    name: str
+    spec: ModelSpec | None
+    state: ModelState = ModelState.PENDING
+    error: str | None = None
+    handlers: list[ModelHandler[Any, Any]] = field(default_factory=list)
+    workers: list[ModelWorker] = field(default_factory=list)
+    batcher: DynamicBatcher[Any, Any] | None = None
+    load_seconds: float | None = None
+    warmup_seconds: float | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY and self.batcher is not None and self.batcher.alive
+
+    def not_ready_reason(self) -> str:
+        if self.state is ModelState.READY and not self.ready:
+            return "its batch loop is not running"
+        if self.state is ModelState.FAILED:
+            return f"it failed to load: {self.error}"
+        return f"it is {self.state.value}"
+
+    @property
+    def config(self) -> ModelConfig:
+        if self.spec is None:
+            raise ModelNotReady(f"model {self.name} is not ready: {self.not_ready_reason()}")
+        return self.spec.config
+
+    def policy(self) -> BatchPolicy:
+        config = self.config
+        assert config.max_batch_size is not None
+        assert config.max_queue_size is not None
+        return BatchPolicy(config.max_batch_size, config.max_batch_delay_ms or 0.0, config.max_queue_size)
+
+    def prepare(self, data: bytes, limits: ImageLimits) -> Any:
+        """Decode and pre-process one request (worker pool thread)."""
+        handler = self.handlers[0]
+        image = decode_image(data, limits, min_side=handler.decode_min_side())
+        return handler.preprocess(image)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a transport needs to format one answer."""
+
+    model: str
+    model_version: str
+    body: dict[str, Any]
+    preprocess_s: float
+    queue_s: float
+    inference_s: float
+    batch_size: int
+
+
+class InferenceService:
+    """Loads models, runs requests through them, and shuts them down cleanly."""
+
+    def __init__(
+        self,
+        specs: list[ModelSpec],
+        broken: list[BrokenModel],
+        metrics: Metrics,
+        *,
+        limits: ImageLimits,
+        preprocess_workers: int = 0,
+        default_model: str | None = None,
+    ) -> None:
+        self.metrics = metrics
+        self.limits = limits
+        self.runtimes: dict[str, ModelRuntime] = {spec.name: ModelRuntime(spec.name, spec) for spec in specs}
+        for bad in broken:
+            self.runtimes[bad.name] = ModelRuntime(bad.name, None, ModelState.FAILED, bad.error)
+            metrics.model_load_failures.labels(bad.name).inc()
+            metrics.model_ready.labels(bad.name).set(0)
+        self.default_model = default_model or (min(self.runtimes) if self.runtimes else None)
+        workers = preprocess_workers or (os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+        self._draining = False
+        self._load_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin loading every model in the background; readiness reports progress."""
+        for bad in (r for r in self.runtimes.values() if r.state is ModelState.FAILED):
+            logger.error("model failed validation", extra={"model": bad.name, "error": bad.error})
+        self._load_task = asyncio.create_task(self._load_all(), name="load-models")
+
+    async def wait_loaded(self) -> None:
+        """Wait until every model has finished loading (successfully or not)."""
+        if self._load_task is not None:
+            await asyncio.shield(self._load_task)
+
+    async def _load_all(self) -> None:
+        pending = [r for r in self.runtimes.values() if r.state is ModelState.PENDING]
+        await asyncio.gather(*(self._load(runtime) for runtime in pending))
+
+    async def _load(self, runtime: ModelRuntime) -> None:
+        assert runtime.spec is not None
+        config = runtime.spec.config
+        runtime.state = ModelState.LOADING
+        started = time.monotonic()
+        try:
+            for index in range(config.instances):
+                worker = ModelWorker(f"model-{runtime.name}-{index}")
+                runtime.workers.append(worker)
+                handler = runtime.spec.handler_class(config, runtime.spec.directory)
+                await worker.call(handler.load, config.device)
+                runtime.handlers.append(handler)
+            runtime.load_seconds = time.monotonic() - started
+            warm_started = time.monotonic()
+            await asyncio.gather(
+                *(w.call(h.warmup) for w, h in zip(runtime.workers, runtime.handlers, strict=True))
+            )
+            runtime.warmup_seconds = time.monotonic() - warm_started
+        except Exception as exc:
+            message = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
+            runtime.state, runtime.error = ModelState.FAILED, message
+            self.metrics.model_load_failures.labels(runtime.name).inc()
+            self.metrics.model_ready.labels(runtime.name).set(0)
+            logger.error(
+                "model failed to load",
+                exc_info=not isinstance(exc, ModelLoadError),
+                extra={"model": runtime.name, "error": message},
+            )
+            await self._release(runtime)
+            return
+        runtime.batcher = DynamicBatcher(
+            runtime.name,
+            runtime.policy(),
+            [(w, h.predict) for w, h in zip(runtime.workers, runtime.handlers, strict=True)],
+            self.metrics,
+        )
+        runtime.batcher.start()
+        runtime.state = ModelState.READY
+        self.metrics.model_load_seconds.labels(runtime.name).set(runtime.load_seconds)
+        self.metrics.model_warmup_seconds.labels(runtime.name).set(runtime.warmup_seconds)
+        self.metrics.model_ready.labels(runtime.name).set(1)
+        logger.info(
+            "model ready",
+            extra={"model": runtime.name, "load_ms": round(runtime.load_seconds * 1000, 1),
+                   "warmup_ms": round(runtime.warmup_seconds * 1000, 1), "instances": config.instances},
+        )  # fmt: skip
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        """Refuse new work, finish queued work (up to the timeout), then unload every model."""
+        self._draining = True
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()
+            await asyncio.gather(self._load_task, return_exceptions=True)
+        batchers = [r.batcher for r in self.runtimes.values() if r.batcher is not None]
+        await asyncio.gather(*(b.drain(drain_timeout_s) for b in batchers))
+        for runtime in self.runtimes.values():
+            if runtime.state is ModelState.READY:
+                runtime.state = ModelState.STOPPED
+                self.metrics.model_ready.labels(runtime.name).set(0)
+            await self._release(runtime)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _release(self, runtime: ModelRuntime) -> None:
+        for worker, handler in zip(runtime.workers, runtime.handlers, strict=False):
+            try:
+                await worker.call(handler.unload)
+            except Exception:
+                logger.exception("unload failed", extra={"model": runtime.name})
+        for worker in runtime.workers:
+            worker.close()
+        runtime.workers.clear()
+        runtime.handlers.clear()
+
+    # -- queries ---------------------------------------------------------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    def runtime(self, name: str) -> ModelRuntime:
+        try:
+            return self.runtimes[name]
+        except KeyError:
+            known = ", ".join(sorted(self.runtimes)) or "none"
+            raise ModelNotFound(f"no model named {name!r} (served: {known})") from None
+
+    def readiness(self) -> dict[str, str | None]:
+        """Model name -> ``None`` when ready, else why not."""
+        return {name: None if r.ready else r.not_ready_reason() for name, r in sorted(self.runtimes.items())}
+
+    # -- the request path ------------------------------------------------------------------
+
+    async def _in_pool(self, fn: Callable[..., R], *args: Any) -> R:
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._pool, functools.partial(context.run, fn, *args))
+
+    async def infer(
+        self, name: str, data: bytes, *, top_k: int | None, deadline: float, request_id: str = "-"
+    ) -> Prediction:
+        """Run one encoded image through model ``name``; raise an ``EngineError`` on any failure."""
+        runtime = self.runtime(name)
+        if self._draining:
+            raise ShuttingDown("the server is shutting down; retry on another replica")
+        if not runtime.ready or runtime.batcher is None:
+            raise ModelNotReady(f"model {name} is not ready: {runtime.not_ready_reason()}")
+        started = time.monotonic()
+        item = await self._in_pool(runtime.prepare, data, self.limits)
+        preprocess_s = time.monotonic() - started
+        self.metrics.preprocess_duration.labels(name).observe(preprocess_s)
+        future = runtime.batcher.submit(item, deadline=deadline, request_id=request_id)
+        remaining = deadline - time.monotonic()
+        try:
+            result: BatchResult[Any] = await asyncio.wait_for(future, timeout=max(remaining, 0.0))
+        except TimeoutError:
+            self.metrics.dropped.labels(name, "deadline").inc()
+            raise DeadlineExceeded(f"no answer within the request deadline ({name})") from None
+        config = runtime.config
+        body = runtime.handlers[0].postprocess(result.output, top_k=top_k or config.top_k)
+        return Prediction(
+            model=name,
+            model_version=config.version,
+            body=body,
+            preprocess_s=preprocess_s,
+            queue_s=result.queue_s,
+            inference_s=result.inference_s,
+            batch_size=result.batch_size,
+        )

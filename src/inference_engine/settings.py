@@ -1,0 +1,278 @@
+"""Typed server configuration and the layered loader that builds it.
+
+Layers, lowest to highest precedence: field defaults < ``configs/base.yaml`` <
+``configs/<env>.yaml`` < an extra ``--config`` file < ``IE_*`` environment variables <
+command-line flags. Layers merge key by key (a nested key overrides only itself), and every
+value remembers where it came from, so ``config show`` can say it and a bad value can be
+reported with its source.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from inference_engine.errors import ConfigError
+
+ENV_PREFIX = "IE_"
+ENV_NESTED_DELIMITER = "__"
+DEFAULT_SOURCE = "default"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    """Address to bind. Use 0.0.0.0 inside containers."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to listen on (0 picks a free port)."""
+    request_timeout_s: float = Field(30.0, gt=0)
+    """Deadline for one inference request, from arrival to answer; past it the answer is 504."""
+    max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    """Largest accepted request body; enforced while the body streams in (413 past it)."""
+    preprocess_workers: int = Field(0, ge=0)
+    """Threads that decode and pre-process images; 0 means one per CPU core."""
+    drain_timeout_s: float = Field(20.0, ge=0)
+    """On shutdown, how long queued and running requests may take to finish."""
+    default_model: str | None = None
+    """Model served by ``POST /predict``; unset means the first model in name order."""
+
+
+class BatchingSettings(_Section):
+    """Defaults for every model; a model's ``model.yaml`` may override each of them."""
+
+    max_batch_size: int = Field(8, ge=1, le=4096)
+    """Largest batch handed to one forward pass."""
+    max_batch_delay_ms: float = Field(5.0, ge=0)
+    """How long a batch may wait for more items after its first item arrived."""
+    max_queue_size: int = Field(256, ge=1)
+    """Requests that may wait per model; past it new requests get 503 with Retry-After."""
+
+
+class ImageSettings(_Section):
+    max_pixels: int = Field(40_000_000, gt=0)
+    """Largest width x height accepted; checked from the header before the full decode."""
+    min_width: int = Field(8, ge=1)
+    """Smallest accepted image width in pixels."""
+    min_height: int = Field(8, ge=1)
+    """Smallest accepted image height in pixels."""
+    max_width: int = Field(16384, ge=1)
+    """Largest accepted image width in pixels."""
+    max_height: int = Field(16384, ge=1)
+    """Largest accepted image height in pixels."""
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> ImageSettings:
+        if self.min_width > self.max_width:
+            raise ValueError("min_width must not exceed max_width")
+        if self.min_height > self.max_height:
+            raise ValueError("min_height must not exceed max_height")
+        return self
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Lowest level written."""
+    format: Literal["json", "text"] = "text"
+    """``json`` (one object per line, for log shippers) or ``text`` (for people)."""
+    access_log: bool = True
+    """Write one line per HTTP request (request id, model, status, duration, batch size)."""
+
+
+class Settings(BaseSettings):
+    """The whole server configuration. Every field is documented; ``config show`` prints it."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        use_attribute_docstrings=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+    )
+
+    env: Literal["dev", "prod", "test"] = "dev"
+    """Which environment file was layered on top of ``base.yaml``."""
+    model_repository: Path = Path("models")
+    """Folder with one sub-folder per model, each holding a ``model.yaml``."""
+    models: list[str] = Field(default_factory=list)
+    """Names of the models to serve; empty serves every model in the repository."""
+    torch_threads: int = Field(0, ge=0)
+    """Intra-op threads for torch; 0 leaves torch's default (one per core)."""
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    """HTTP server and request handling."""
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    """Dynamic batching defaults."""
+    images: ImageSettings = Field(default_factory=ImageSettings)
+    """Input image limits."""
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    """Log level and format."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Construction takes only explicit values: the layered loader below reads the
+        # environment itself, so it knows where each value came from.
+        return (init_settings,)
+
+
+@dataclass
+class LoadedSettings:
+    """Validated settings plus the source of every leaf value (dotted key -> source)."""
+
+    settings: Settings
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def items(self) -> Iterator[tuple[str, Any, str]]:
+        """Every leaf as ``(dotted key, value, source)``, in declaration order."""
+        for key, value in _flatten(self.settings.model_dump(mode="json")).items():
+            yield key, value, self.sources.get(key, DEFAULT_SOURCE)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{dotted}."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _merge(
+    target: dict[str, Any],
+    layer: Mapping[str, Any],
+    source: str,
+    sources: dict[str, str],
+    prefix: str = "",
+) -> None:
+    for key, value in layer.items():
+        dotted = f"{prefix}{key}"
+        current = target.get(key)
+        if isinstance(value, Mapping) and isinstance(current, dict):
+            _merge(current, value, source, sources, f"{dotted}.")
+        elif isinstance(value, Mapping):
+            target[key] = {}
+            _merge(target[key], value, source, sources, f"{dotted}.")
+        else:
+            target[key] = value
+            sources[dotted] = source
+
+
+def read_yaml_layer(path: Path) -> dict[str, Any]:
+    """Read one YAML layer; an empty file is an empty layer."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def read_env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Parse ``IE_*`` variables (``__`` nests, JSON values allowed) with pydantic-settings."""
+    source = EnvSettingsSource(
+        Settings,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        case_sensitive=False,
+    )
+    source.env_vars = {k.lower(): v for k, v in environ.items()}
+    try:
+        return dict(source())
+    except SettingsError as exc:
+        raise ConfigError(f"invalid configuration: {exc} (from the environment)") from None
+
+
+def _env_var_name(dotted: str) -> str:
+    return ENV_PREFIX + dotted.replace(".", ENV_NESTED_DELIMITER).upper()
+
+
+def load_settings(
+    *,
+    config_dir: Path = Path("configs"),
+    env: str | None = None,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> LoadedSettings:
+    """Build settings from every layer; raise :class:`ConfigError` naming key, value and source.
+
+    ``env`` defaults to ``IE_ENV`` or ``dev``. ``overrides`` are command-line values as a nested
+    mapping (``{"server": {"port": 9000}}``).
+    """
+    environ = os.environ if environ is None else environ
+    env_layer = read_env_layer(environ)
+    env_name = env or str(env_layer.get("env") or "dev")
+
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    base_file = config_dir / "base.yaml"
+    if base_file.is_file():
+        _merge(merged, read_yaml_layer(base_file), str(base_file), sources)
+    env_file = config_dir / f"{env_name}.yaml"
+    if env_file.is_file():
+        _merge(merged, read_yaml_layer(env_file), str(env_file), sources)
+    if config_file is not None:
+        if not config_file.is_file():
+            raise ConfigError(f"--config {config_file}: no such file")
+        _merge(merged, read_yaml_layer(config_file), str(config_file), sources)
+    for dotted in _flatten(env_layer):
+        sources[dotted] = f"environment variable {_env_var_name(dotted)}"
+    _merge(merged, env_layer, "environment", {})
+    _merge(
+        merged,
+        {"env": env_name},
+        "command line" if env else sources.get("env", DEFAULT_SOURCE),
+        sources,
+    )
+    if overrides:
+        _merge(merged, overrides, "command line", sources)
+
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, sources)) from None
+    return LoadedSettings(settings=settings, sources=sources)
+
+
+def _describe(exc: ValidationError, sources: Mapping[str, str]) -> str:
+    lines = ["invalid configuration:"]
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        dotted = ".".join(loc)
+        # A list item's error (models.0) is reported against the list's own source.
+        source = next(
+            (sources[".".join(loc[:n])] for n in range(len(loc), 0, -1) if ".".join(loc[:n]) in sources),
+            DEFAULT_SOURCE,
+        )
+        if error["type"] == "extra_forbidden":
+            lines.append(f"  {dotted}: unknown key (from {source})")
+        else:
+            lines.append(f"  {dotted} = {error.get('input')!r}: {error['msg']} (from {source})")
+    return "\n".join(lines)
