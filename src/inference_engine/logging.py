@@ -31,7 +31,12 @@ class RequestContext:
 current_request: ContextVar[RequestContext | None] = ContextVar("current_request", default=None)
 
 # Attributes every LogRecord has; anything else passed via ``extra=`` is emitted as a field.
-_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
+_RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "request_id",
+    "color_message",  # uvicorn duplicates its message with ANSI colours
+}
 
 
 class RequestIdFilter(logging.Filter):

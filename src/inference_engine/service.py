@@ -260,7 +260,6 @@ class InferenceService:
         try:
             result: BatchResult[Any] = await asyncio.wait_for(future, timeout=max(remaining, 0.0))
         except TimeoutError:
-            self.metrics.dropped.labels(name, "deadline").inc()
             raise DeadlineExceeded(f"no answer within the request deadline ({name})") from None
         config = runtime.config
         body = runtime.handlers[0].postprocess(result.output, top_k=top_k or config.top_k)

@@ -139,8 +139,9 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         return min(60.0, max(1.0, len(self._queue) / self._throughput))
 
     def _admit(self, item: WorkItem[Any]) -> bool:
-        if item.future.done():  # cancelled: the client went away or gave up
-            self._metrics.dropped.labels(self.model, "cancelled").inc()
+        if item.future.done():  # cancelled: the client went away, or gave up at its deadline
+            reason = "deadline" if time.monotonic() >= item.deadline else "cancelled"
+            self._metrics.dropped.labels(self.model, reason).inc()
             return False
         if time.monotonic() >= item.deadline:
             self._metrics.dropped.labels(self.model, "deadline").inc()

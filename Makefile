@@ -1,0 +1,50 @@
+# inference-engine: `make serve` serves the default model repository; `make test` runs everything.
+# Both create .venv and install the pinned dependencies first (constraints.txt).
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+ENV ?= dev
+MODEL_REPOSITORY ?= models
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install serve lint format test test-fast bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $@
+
+install: $(BIN)/.installed ## Create .venv and install the project with pinned dependencies
+
+serve: install ## Serve the model repository (HOST, PORT, ENV, MODEL_REPOSITORY overridable)
+	$(BIN)/inference-engine serve --host $(HOST) --port $(PORT) --env $(ENV) --model-repository $(MODEL_REPOSITORY)
+
+lint: install ## ruff (lint + format check) and mypy --strict
+	$(BIN)/ruff check src tests bench service.py
+	$(BIN)/ruff format --check src tests bench service.py
+	$(BIN)/mypy --strict src
+
+format: install ## Apply ruff's fixes and formatting
+	$(BIN)/ruff check --fix src tests bench service.py
+	$(BIN)/ruff format src tests bench service.py
+
+test: lint ## Lint, type-check, then the whole test suite with coverage (fails under 85%)
+	rm -f .coverage .coverage.*
+	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+
+test-fast: install ## Tests only, no coverage
+	$(BIN)/python -m pytest -q -x $(PYTEST_ARGS)
+
+bench: install ## Measure cold start, single-request latency and throughput under load
+	$(BIN)/python -m bench.quick --model-repository $(MODEL_REPOSITORY)
+
+clean: ## Remove the virtual environment and caches
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

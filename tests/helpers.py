@@ -1,0 +1,130 @@
+"""Shared test helpers: real images from scikit-image and a real server process."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+from skimage import data
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+FIXTURE_MODELS = Path(__file__).resolve().parent / "fixtures" / "models"
+
+
+def encode(image: Image.Image | np.ndarray, fmt: str = "JPEG", **params: object) -> bytes:
+    """Encode an image (array or PIL) to bytes in ``fmt``."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def cat_jpeg() -> bytes:
+    return encode(data.chelsea(), "JPEG", quality=92)
+
+
+def coffee_png() -> bytes:
+    return encode(data.coffee(), "PNG")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """``inference-engine serve`` as a child process on a free loopback port."""
+
+    repository: Path
+    args: list[str] = field(default_factory=list)
+    env: Mapping[str, str] = field(default_factory=dict)
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, log_path: Path, wait_ready: bool = True, timeout: float = 120.0) -> ServerProcess:
+        self.port = self.port or free_port()
+        self.log_path = log_path
+        environ = {**os.environ, "IE_LOGGING__FORMAT": "json", **self.env}
+        command = [
+            sys.executable, "-m", "inference_engine", "serve",
+            "--config-dir", str(CONFIG_DIR), "--env", "test",
+            "--model-repository", str(self.repository),
+            "--host", "127.0.0.1", "--port", str(self.port), *self.args,
+        ]  # fmt: skip
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=environ)
+        self.wait_until(lambda c: c.get("/health").status_code == 200, timeout)
+        if wait_ready:
+            self.wait_loaded(timeout)
+        return self
+
+    def wait_until(self, check: object, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+                try:
+                    if check(client):  # type: ignore[operator]
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+        raise TimeoutError(f"server not up in {timeout}s:\n{self.log()}")
+
+    def wait_loaded(self, timeout: float = 120.0) -> None:
+        """Wait until no model is still pending or loading."""
+
+        def loaded(client: httpx.Client) -> bool:
+            models = client.get("/v1/models").json()["models"]
+            return all(m["state"] not in ("pending", "loading") for m in models)
+
+        self.wait_until(loaded, timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+def metric_value(metrics_text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            total += float(value)
+    return total
