@@ -32,9 +32,7 @@ def assert_error(response: httpx.Response, status: int, error_type: str) -> dict
 
 
 def test_text_file_is_415_even_when_it_claims_to_be_a_jpeg(client: httpx.Client) -> None:
-    response = client.post(
-        "/predict", files={"file": ("cat.jpg", b"just some text, honestly", "image/jpeg")}
-    )
+    response = client.post("/predict", files={"file": ("cat.jpg", b"just some text, honestly", "image/jpeg")})
     assert_error(response, 415, "unsupported_media_type")
 
 
@@ -55,7 +53,9 @@ def test_empty_body_is_422(client: httpx.Client) -> None:
 
 def test_body_over_the_cap_is_413(client: httpx.Client) -> None:
     # configs/test.yaml caps bodies at 5,000,000 bytes.
-    assert_error(client.post("/predict", content=b"\xff\xd8\xff" + b"0" * 5_000_000), 413, "payload_too_large")
+    assert_error(
+        client.post("/predict", content=b"\xff\xd8\xff" + b"0" * 5_000_000), 413, "payload_too_large"
+    )
 
 
 def test_body_over_the_cap_without_content_length_is_413(client: httpx.Client) -> None:

@@ -56,7 +56,9 @@ def test_a_batch_wide_failure_fails_only_that_batch_and_the_loop_survives(
     assert response.json()["error"]["type"] == "model_failed"
     assert client.post("/v1/models/flaky/predict", content=GREEN).status_code == 200
     assert client.get("/ready").json()["models"].get("flaky") is None
-    failures = metric_value(client.get("/metrics").text, "inference_engine_batch_failures_total", model="flaky")
+    failures = metric_value(
+        client.get("/metrics").text, "inference_engine_batch_failures_total", model="flaky"
+    )
     assert failures >= 1
 
 
@@ -112,7 +114,9 @@ def test_every_request_has_one_log_line_and_every_batch_lists_its_requests(
     response = client.post("/predict", content=cat_jpeg(), headers={"x-request-id": "log-check-1"})
     assert response.status_code == 200
     lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    access = [r for r in lines if r["logger"] == "inference_engine.access" and r["request_id"] == "log-check-1"]
+    access = [
+        r for r in lines if r["logger"] == "inference_engine.access" and r["request_id"] == "log-check-1"
+    ]
     assert len(access) == 1
     assert access[0]["status"] == 200
     assert access[0]["model"] == "efficientnet_lite0"

@@ -1,0 +1,151 @@
+"""The loader finds model folders and names the folder and the problem when one is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from inference_engine.errors import ModelLoadError
+from inference_engine.models.classifier import EfficientNetLiteClassifier, TorchScriptClassifier
+from inference_engine.models.loader import read_config, resolve_handler, scan_repository
+from inference_engine.settings import BatchingSettings
+from tests.helpers import ROOT
+from tests.repository import add_colour_model, add_model
+
+DEFAULTS = BatchingSettings(max_batch_size=16, max_batch_delay_ms=7, max_queue_size=99)
+
+GOOD_HANDLER = """
+from inference_engine.models import ModelHandler
+
+class Good(ModelHandler):
+    def load(self, device): ...
+    def preprocess(self, image): return image
+    def predict(self, items): return list(items)
+    def postprocess(self, output, *, top_k): return {}
+"""
+
+
+def write_handler(folder: Path, source: str, name: str = "model.py") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(source)
+
+
+def test_the_default_model_folder_validates() -> None:
+    specs, broken = scan_repository(ROOT / "models", DEFAULTS)
+    assert broken == []
+    assert [s.name for s in specs] == ["efficientnet_lite0"]
+    spec = specs[0]
+    assert spec.handler_class is EfficientNetLiteClassifier
+    assert spec.config.max_batch_size == 8  # model.yaml wins over the global default
+    assert spec.config.labels == "imagenet"
+
+
+def test_batching_defaults_fill_what_model_yaml_leaves_out(tmp_path: Path) -> None:
+    folder = add_model(tmp_path, "m", {"handler": "torchscript", "weights": "x.pt", "max_batch_delay_ms": 0})
+    config = read_config(folder, DEFAULTS)
+    assert (config.max_batch_size, config.max_batch_delay_ms, config.max_queue_size) == (16, 0, 99)
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"handler": "torchscript", "max_batch_size": 0}, "max_batch_size"),
+        ({"handler": "torchscript", "instances": "many"}, "instances"),
+        ({"handler": "torchscript", "colour": "blue"}, "colour"),
+        ({"version": "2"}, "handler"),
+        ({"handler": "torchscript", "preprocessing": {"resize": 100, "crop": 200}}, "crop"),
+        ({"handler": "torchscript", "dtype": "int8"}, "dtype"),
+    ],
+)
+def test_bad_model_yaml_names_the_file_and_the_key(
+    tmp_path: Path, config: dict[str, object], expected: str
+) -> None:
+    folder = add_model(tmp_path, "m", config)
+    with pytest.raises(ModelLoadError) as raised:
+        read_config(folder, DEFAULTS)
+    assert str(folder / "model.yaml") in str(raised.value)
+    assert expected in str(raised.value)
+
+
+def test_yaml_that_does_not_parse_or_is_not_a_mapping(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "model.yaml").write_text("handler: [unclosed\n")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "model.yaml").write_text("- just\n- a list\n")
+    with pytest.raises(ModelLoadError, match="not valid YAML"):
+        read_config(tmp_path / "a", DEFAULTS)
+    with pytest.raises(ModelLoadError, match="mapping"):
+        read_config(tmp_path / "b", DEFAULTS)
+
+
+def test_name_must_match_the_folder(tmp_path: Path) -> None:
+    folder = add_model(tmp_path, "m", {"handler": "torchscript"})
+    (folder / "model.yaml").write_text("name: other\nhandler: torchscript\n")
+    with pytest.raises(ModelLoadError, match="must match the folder name"):
+        read_config(folder, DEFAULTS)
+
+
+def test_builtin_handlers_resolve_and_unknown_ones_are_listed(tmp_path: Path) -> None:
+    assert resolve_handler(tmp_path, "torchscript") is TorchScriptClassifier
+    with pytest.raises(ModelLoadError) as raised:
+        resolve_handler(tmp_path, "resnet")
+    assert "efficientnet_lite" in str(raised.value)
+    assert "torchscript" in str(raised.value)
+
+
+def test_custom_handler_from_model_py(tmp_path: Path) -> None:
+    write_handler(tmp_path, GOOD_HANDLER)
+    assert resolve_handler(tmp_path, "model.py").__name__ == "Good"
+    assert resolve_handler(tmp_path, "model.py:Good").__name__ == "Good"
+
+
+@pytest.mark.parametrize(
+    ("source", "handler", "expected"),
+    [
+        (GOOD_HANDLER.replace("    def predict(self, items): return list(items)\n", ""), "model.py",
+         "does not implement predict"),
+        (GOOD_HANDLER.replace("def predict(self, items)", "def predict(self)"), "model.py",
+         "predict must take 1 argument"),
+        (GOOD_HANDLER.replace("(self, image)", "(self, image, extra)"), "model.py",
+         "preprocess must take 1 argument"),
+        (GOOD_HANDLER.replace("*, top_k", "*, k"), "model.py", "top_k"),
+        (GOOD_HANDLER + "\nclass Other(Good): ...\n", "model.py", "exactly one"),
+        (GOOD_HANDLER, "model.py:Missing", "no class 'Missing'"),
+        (GOOD_HANDLER + "\nclass NotAHandler: ...\n", "model.py:NotAHandler", "must subclass"),
+        ("import no_such_module\n", "model.py", "importing model.py failed: ModuleNotFoundError"),
+        ("def broken(:\n", "model.py", "SyntaxError"),
+        (GOOD_HANDLER, "other.py", "other.py does not exist"),
+    ],
+)  # fmt: skip
+def test_contract_violations_are_found_at_load_time(
+    tmp_path: Path, source: str, handler: str, expected: str
+) -> None:
+    write_handler(tmp_path, source)
+    with pytest.raises(ModelLoadError) as raised:
+        resolve_handler(tmp_path, handler)
+    assert str(tmp_path) in str(raised.value)
+    assert expected in str(raised.value)
+
+
+def test_scan_keeps_broken_folders_and_validates_the_rest(tmp_path: Path) -> None:
+    add_colour_model(tmp_path, "good")
+    add_model(tmp_path, "bad", {"handler": "nope"})
+    (tmp_path / "not_a_model").mkdir()
+    specs, broken = scan_repository(tmp_path, DEFAULTS)
+    assert [s.name for s in specs] == ["good"]
+    assert [(b.name, "nope" in b.error) for b in broken] == [("bad", True)]
+
+
+def test_scan_selects_models_and_rejects_unknown_names(tmp_path: Path) -> None:
+    add_colour_model(tmp_path, "a")
+    add_colour_model(tmp_path, "b")
+    specs, _ = scan_repository(tmp_path, DEFAULTS, only=["b"])
+    assert [s.name for s in specs] == ["b"]
+    with pytest.raises(ModelLoadError, match=r"c not found .* \(available: a, b\)"):
+        scan_repository(tmp_path, DEFAULTS, only=["c"])
+
+
+def test_a_missing_repository_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="is not a folder"):
+        scan_repository(tmp_path / "nowhere", DEFAULTS)
