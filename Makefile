@@ -11,28 +11,34 @@ MODEL_REPOSITORY ?= models
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install serve lint format test test-fast bench clean
+.PHONY: help install install-dev serve lint format test test-fast bench clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(BIN)/.installed: pyproject.toml constraints.txt
-	$(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	@touch $@
+
+$(BIN)/.installed-dev: $(BIN)/.installed
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	@touch $@
 
-install: $(BIN)/.installed ## Create .venv and install the project with pinned dependencies
+install: $(BIN)/.installed ## Create .venv and install the server with pinned dependencies
+
+install-dev: $(BIN)/.installed-dev ## Also install the test, lint and benchmark tools
 
 serve: install ## Serve the model repository (HOST, PORT, ENV, MODEL_REPOSITORY overridable)
 	$(BIN)/inference-engine serve --host $(HOST) --port $(PORT) --env $(ENV) --model-repository $(MODEL_REPOSITORY)
 
-lint: install ## ruff (lint + format check) and mypy --strict
+lint: install-dev ## ruff (lint + format check) and mypy --strict
 	$(BIN)/ruff check src tests bench service.py
 	$(BIN)/ruff format --check src tests bench service.py
 	$(BIN)/mypy --strict src
 
-format: install ## Apply ruff's fixes and formatting
+format: install-dev ## Apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix src tests bench service.py
 	$(BIN)/ruff format src tests bench service.py
 
@@ -40,10 +46,10 @@ test: lint ## Lint, type-check, then the whole test suite with coverage (fails u
 	rm -f .coverage .coverage.*
 	$(BIN)/python -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
-test-fast: install ## Tests only, no coverage
+test-fast: install-dev ## Tests only, no coverage
 	$(BIN)/python -m pytest -q -x $(PYTEST_ARGS)
 
-bench: install ## Measure cold start, single-request latency and throughput under load
+bench: install-dev ## Measure cold start, single-request latency and throughput under load
 	$(BIN)/python -m bench.quick --model-repository $(MODEL_REPOSITORY)
 
 clean: ## Remove the virtual environment and caches

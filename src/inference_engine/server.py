@@ -7,6 +7,8 @@ app) and handed to each other; nothing is created at import time.
 from __future__ import annotations
 
 import logging
+import signal
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -67,5 +69,15 @@ def serve(settings: Settings) -> int:
         timeout_graceful_shutdown=int(settings.server.drain_timeout_s) or None,
         server_header=False,
     )
+    # uvicorn handles SIGINT/SIGTERM (stop accepting, finish in-flight requests, run the
+    # lifespan shutdown) and then re-raises the signal to the handler it found. Installing a
+    # no-op handler first turns a graceful stop into a normal exit with status 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stopped_by_signal)
     uvicorn.Server(config).run()
+    logger.info("stopped")
     return 0
+
+
+def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:
+    logger.info("stopping on %s", signal.Signals(signum).name)

@@ -251,6 +251,14 @@ class InferenceService:
             raise ShuttingDown("the server is shutting down; retry on another replica")
         if not runtime.ready or runtime.batcher is None:
             raise ModelNotReady(f"model {name} is not ready: {runtime.not_ready_reason()}")
+        with self.metrics.in_flight.labels(name).track_inprogress():
+            return await self._infer(runtime, data, top_k=top_k, deadline=deadline, request_id=request_id)
+
+    async def _infer(
+        self, runtime: ModelRuntime, data: bytes, *, top_k: int | None, deadline: float, request_id: str
+    ) -> Prediction:
+        name = runtime.name
+        assert runtime.batcher is not None
         started = time.monotonic()
         item = await self._in_pool(runtime.prepare, data, self.limits)
         preprocess_s = time.monotonic() - started

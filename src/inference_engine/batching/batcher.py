@@ -82,8 +82,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         self._running_batches = 0
         self._accepting = False
         self._throughput = 0.0  # items per second, smoothed; feeds Retry-After
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._progress = asyncio.Event()  # set whenever queued work is consumed (drain waits on it)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -109,9 +108,9 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         self._accepting = False
         deadline = time.monotonic() + timeout_s
         while (len(self._queue) or self._running_batches) and time.monotonic() < deadline:
-            self._idle.clear()
+            self._progress.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), min(0.05, max(0.0, deadline - time.monotonic())))
+                await asyncio.wait_for(self._progress.wait(), deadline - time.monotonic())
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -139,6 +138,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         return min(60.0, max(1.0, len(self._queue) / self._throughput))
 
     def _admit(self, item: WorkItem[Any]) -> bool:
+        self._progress.set()
         if item.future.done():  # cancelled: the client went away, or gave up at its deadline
             reason = "deadline" if time.monotonic() >= item.deadline else "cancelled"
             self._metrics.dropped.labels(self.model, reason).inc()
@@ -160,8 +160,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
                 await self._run_batch(worker, predict, batch)
             finally:
                 self._running_batches -= 1
-                if not self._running_batches and not len(self._queue):
-                    self._idle.set()
+                self._progress.set()
 
     async def _run_batch(
         self, worker: ModelWorker, predict: PredictFn[ItemT, OutputT], batch: list[WorkItem[ItemT]]

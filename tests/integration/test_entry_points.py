@@ -1,0 +1,72 @@
+"""The ways a user starts the server: the console script, `python service.py`, bad configuration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.helpers import ROOT, ServerProcess, cat_jpeg, free_port
+from tests.repository import add_colour_model
+
+pytestmark = pytest.mark.integration
+
+
+def test_service_py_serves_one_model_folder(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    add_colour_model(repo, "first")
+    add_colour_model(repo, "second")
+    port = free_port()
+    log = (tmp_path / "server.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "service.py", "--model_directory", str(repo / "second"), "--env", "dev",
+         "--port", str(port)],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    server = ServerProcess(repo, port=port, process=process, log_path=tmp_path / "server.log")
+    server._log = log
+    try:
+        server.wait_until(lambda c: c.get("/ready").status_code == 200, 60)
+        with httpx.Client(base_url=server.url) as client:
+            assert [m["name"] for m in client.get("/v1/models").json()["models"]] == ["second"]
+            assert client.post("/predict", content=cat_jpeg()).status_code == 200
+            assert client.get("/info").json()["env"] == "dev"
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_exits_cleanly_and_unloads(tmp_path: Path) -> None:
+    add_colour_model(tmp_path / "repo", "colour")
+    server = ServerProcess(tmp_path / "repo").start(tmp_path / "server.log")
+    assert server.stop() == 0
+    log = server.log()
+    assert "model ready" in log
+    assert "Traceback" not in log
+
+
+def test_an_invalid_setting_stops_start_up_with_exit_code_2(tmp_path: Path) -> None:
+    env = {**os.environ, "IE_BATCHING__MAX_BATCH_SIZE": "lots"}
+    result = subprocess.run(
+        [sys.executable, "-m", "inference_engine", "serve", "--config-dir", str(ROOT / "configs")],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "batching.max_batch_size" in result.stderr
+    assert "'lots'" in result.stderr
+    assert "IE_BATCHING__MAX_BATCH_SIZE" in result.stderr
+
+
+def test_an_unknown_model_name_stops_start_up_with_exit_code_2(tmp_path: Path) -> None:
+    add_colour_model(tmp_path, "colour")
+    result = subprocess.run(
+        [sys.executable, "-m", "inference_engine", "serve", "--config-dir", str(ROOT / "configs"),
+         "--model-repository", str(tmp_path), "--model", "nope"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "nope not found" in result.stderr
+    assert "colour" in result.stderr
