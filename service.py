@@ -16,7 +16,7 @@ from inference_engine.cli import main
 
 def translate(argv: list[str]) -> list[str]:
     """Map this script's flags onto ``inference-engine serve``."""
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
     parser.add_argument("--model_directory", type=Path, required=True, help="one model folder")
     parser.add_argument("--env", choices=["dev", "prod", "test"], default=None)
     args, rest = parser.parse_known_args(argv)

@@ -109,7 +109,7 @@ def _models_list(settings: Settings) -> int:
         (s.name, s.config.version, s.config.handler, s.config.device,
          f"batch<={s.config.max_batch_size} delay={s.config.max_batch_delay_ms}ms", "ok")
         for s in specs
-    ] + [(b.name, "-", "-", "-", "-", f"INVALID: {b.error}") for b in broken]  # fmt: skip
+    ] + [(b.name, "-", "-", "-", "-", "INVALID: " + " ".join(b.error.split())) for b in broken]  # fmt: skip
     if not rows:
         print(f"no models in {settings.model_repository}")
         return 1

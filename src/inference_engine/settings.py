@@ -10,6 +10,7 @@ reported with its source.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,6 +170,10 @@ def _merge(
     for key, value in layer.items():
         dotted = f"{prefix}{key}"
         current = target.get(key)
+        if isinstance(value, Mapping):
+            # Sections remember the last layer that touched them, so an error about a whole
+            # section (a misspelt one, or a check across two of its keys) can name its source.
+            sources[dotted] = source
         if isinstance(value, Mapping) and isinstance(current, dict):
             _merge(current, value, source, sources, f"{dotted}.")
         elif isinstance(value, Mapping):
@@ -191,6 +196,10 @@ def read_yaml_layer(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    if "env" in data:
+        raise ConfigError(
+            f"{path}: 'env' picks which file is read, so it cannot be set in one; use --env or IE_ENV"
+        )
     return data
 
 
@@ -206,7 +215,13 @@ def read_env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
     try:
         return dict(source())
     except SettingsError as exc:
-        raise ConfigError(f"invalid configuration: {exc} (from the environment)") from None
+        match = re.search(r'field "(\w+)"', str(exc))
+        name = _env_var_name(match.group(1)) if match else f"{ENV_PREFIX}*"
+        value = next((v for k, v in environ.items() if k.upper() == name), None)
+        raise ConfigError(
+            f"invalid configuration:\n  {name} = {value!r}: not valid JSON for a structured setting "
+            f"(from environment variable {name})"
+        ) from None
 
 
 def _env_var_name(dotted: str) -> str:
