@@ -8,6 +8,8 @@ handler.
 
 from __future__ import annotations
 
+import math
+
 
 class EngineError(Exception):
     """Base of every error the engine raises on purpose."""
@@ -75,7 +77,7 @@ class ServiceUnavailable(EngineError):
     code = "service_unavailable"
 
     def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
-        seconds = max(1, round(retry_after_s))
+        seconds = max(1, math.ceil(retry_after_s))  # never invite a retry sooner than meant
         super().__init__(message, headers={"Retry-After": str(seconds)})
         self.retry_after_s = seconds
 

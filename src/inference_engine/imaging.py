@@ -100,13 +100,13 @@ def decode_image(data: bytes, limits: ImageLimits, *, min_side: int | None = Non
 def to_rgb(image: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB; transparency is composited onto white."""
     mode = image.mode
-    if mode == "RGB":
-        return image
     if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return _high_depth_to_rgb(image)
-    if mode == "P" and "transparency" in image.info:
+    if mode in ("P", "L", "RGB") and "transparency" in image.info:  # palette entry or colour key
         image = image.convert("RGBA")
         mode = "RGBA"
+    if mode == "RGB":
+        return image
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -118,6 +118,9 @@ def _high_depth_to_rgb(image: Image.Image) -> Image.Image:
     """Scale 16-bit or float greyscale into 0..255 by its own range (what a viewer shows)."""
     array = np.asarray(image, dtype=np.float32)
     low, high = float(array.min()), float(array.max())
-    scale = 255.0 / (high - low) if high > low else 0.0
-    grey = ((array - low) * scale).clip(0, 255).astype(np.uint8)
+    if high > low:
+        grey = ((array - low) * (255.0 / (high - low))).clip(0, 255).astype(np.uint8)
+    else:  # a flat image has no range of its own: place it on the mode's nominal scale
+        nominal = 1.0 if image.mode == "F" else 65535.0
+        grey = np.full(array.shape, np.clip(low / nominal * 255.0, 0, 255), dtype=np.uint8)
     return Image.fromarray(grey).convert("RGB")

@@ -29,4 +29,6 @@ def resolve_labels(spec: str | list[str] | None, model_dir: Path) -> list[str]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
         raise ModelLoadError(f"labels file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ModelLoadError(f"labels file {path} is not UTF-8 text") from None
     return [line.strip() for line in lines if line.strip()]

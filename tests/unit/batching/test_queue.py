@@ -89,7 +89,7 @@ async def test_a_full_queue_raises_queue_full_with_retry_after() -> None:
     queue.put(item(2))
     with pytest.raises(QueueFull) as raised:
         queue.put(item(3), retry_after_s=4.2)
-    assert raised.value.headers["Retry-After"] == "4"
+    assert raised.value.headers["Retry-After"] == "5"
     assert raised.value.status_code == 503
     assert depths == [1, 2]
     assert [w.payload for w in queue.drain_nowait()] == [1, 2]
