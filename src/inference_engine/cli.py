@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -104,7 +105,7 @@ def _config_show(loaded: LoadedSettings, fmt: str) -> int:
 def _models_list(settings: Settings) -> int:
     from inference_engine.models.loader import scan_repository
 
-    specs, broken = scan_repository(settings.model_repository, settings.batching)
+    specs, broken = scan_repository(settings.model_repository, settings.batching, settings.models or None)
     rows = [
         (s.name, s.config.version, s.config.handler, s.config.device,
          f"batch<={s.config.max_batch_size} delay={s.config.max_batch_delay_ms}ms", "ok")
@@ -126,6 +127,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"inference-engine: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    try:
+        return _run(args, loaded)
+    except BrokenPipeError:  # `inference-engine config show | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _run(args: argparse.Namespace, loaded: LoadedSettings) -> int:
     try:
         if args.command == "config":
             return _config_show(loaded, args.format)

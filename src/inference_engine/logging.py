@@ -77,8 +77,9 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s [%(request_id)s] %(message)s")
 
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's API
+        # Called before the traceback is appended, so key=value fields stay on the first line.
+        line = super().formatMessage(record)
         extras = _extra_fields(record)
         if extras:
             line += " " + " ".join(f"{k}={v}" for k, v in extras.items())

@@ -7,6 +7,7 @@ app) and handed to each other; nothing is created at import time.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 from types import FrameType
 
@@ -55,6 +56,7 @@ def serve(settings: Settings) -> int:
 
         torch.set_num_threads(settings.torch_threads)
     app = build_app(settings)
+    service: InferenceService = app.state.service
     logger.info(
         "starting inference-engine",
         extra={"version": __version__, "env": settings.env, "host": settings.server.host,
@@ -66,7 +68,7 @@ def serve(settings: Settings) -> int:
         port=settings.server.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=int(settings.server.drain_timeout_s) or None,
+        timeout_graceful_shutdown=max(1, math.ceil(settings.server.drain_timeout_s)),
         server_header=False,
     )
     # uvicorn handles SIGINT/SIGTERM (stop accepting, finish in-flight requests, run the
@@ -74,9 +76,21 @@ def serve(settings: Settings) -> int:
     # no-op handler first turns a graceful stop into a normal exit with status 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stopped_by_signal)
-    uvicorn.Server(config).run()
+    _Server(config, service).run()
     logger.info("stopped")
     return 0
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the service to refuse new work the moment a signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, service: InferenceService) -> None:
+        super().__init__(config)
+        self._service = service
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._service.begin_shutdown()
+        super().handle_exit(sig, frame)
 
 
 def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:

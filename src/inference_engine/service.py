@@ -122,10 +122,16 @@ class InferenceService:
             self.runtimes[bad.name] = ModelRuntime(bad.name, None, ModelState.FAILED, bad.error)
             metrics.model_load_failures.labels(bad.name).inc()
             metrics.model_ready.labels(bad.name).set(0)
+        if default_model is not None and default_model not in self.runtimes:
+            served = ", ".join(sorted(self.runtimes)) or "none"
+            raise ModelLoadError(
+                f"server.default_model {default_model!r} is not a served model (served: {served})"
+            )
         self.default_model = default_model or (min(self.runtimes) if self.runtimes else None)
         workers = preprocess_workers or (os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
         self._draining = False
+        self._shutdown_started: float | None = None
         self._load_task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -192,9 +198,24 @@ class InferenceService:
                    "warmup_ms": round(runtime.warmup_seconds * 1000, 1), "instances": config.instances},
         )  # fmt: skip
 
-    async def stop(self, drain_timeout_s: float) -> None:
-        """Refuse new work, finish queued work (up to the timeout), then unload every model."""
+    def begin_shutdown(self) -> None:
+        """Refuse new work from now on (``/ready`` turns 503); queued work still runs.
+
+        Called from the signal handler, before the HTTP server stops accepting connections.
+        """
+        if self._shutdown_started is None:
+            self._shutdown_started = time.monotonic()
         self._draining = True
+
+    async def stop(self, drain_timeout_s: float) -> None:
+        """Refuse new work, finish queued work, then unload every model.
+
+        ``drain_timeout_s`` counts from :meth:`begin_shutdown` when that was called, so the
+        HTTP server's wait for in-flight requests and this drain share one budget.
+        """
+        self.begin_shutdown()
+        assert self._shutdown_started is not None
+        drain_timeout_s = max(0.0, drain_timeout_s - (time.monotonic() - self._shutdown_started))
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
             await asyncio.gather(self._load_task, return_exceptions=True)

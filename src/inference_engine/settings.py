@@ -257,9 +257,9 @@ def load_settings(
         if not config_file.is_file():
             raise ConfigError(f"--config {config_file}: no such file")
         _merge(merged, read_yaml_layer(config_file), str(config_file), sources)
+    _merge(merged, env_layer, "environment variables", sources)
     for dotted in _flatten(env_layer):
         sources[dotted] = f"environment variable {_env_var_name(dotted)}"
-    _merge(merged, env_layer, "environment", {})
     _merge(
         merged,
         {"env": env_name},

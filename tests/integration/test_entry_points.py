@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
-from tests.helpers import ROOT, ServerProcess, cat_jpeg, free_port
+from tests.helpers import ROOT, ServerProcess, cat_jpeg, encode, free_port
 from tests.repository import add_colour_model
 
 pytestmark = pytest.mark.integration
@@ -70,3 +73,33 @@ def test_an_unknown_model_name_stops_start_up_with_exit_code_2(tmp_path: Path) -
     assert result.returncode == 2
     assert "nope not found" in result.stderr
     assert "colour" in result.stderr
+
+
+def test_sigterm_under_load_answers_every_accepted_request(tmp_path: Path) -> None:
+    add_colour_model(tmp_path / "repo", "slow", delay_s=0.3, settings={"max_batch_size": 2})
+    server = ServerProcess(tmp_path / "repo").start(tmp_path / "server.log")
+    payload = encode(np.full((32, 32, 3), (10, 250, 10), np.uint8), "PNG")
+
+    async def load_then_stop() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            requests = [asyncio.create_task(client.post("/predict", content=payload)) for _ in range(10)]
+            await asyncio.sleep(0.5)  # all accepted and queued; about 1.5 s of work left
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            return await asyncio.gather(*requests)
+
+    responses = asyncio.run(load_then_stop())
+    assert [r.status_code for r in responses] == [200] * 10
+    assert server.stop() == 0
+
+
+def test_a_default_model_that_is_not_served_stops_start_up(tmp_path: Path) -> None:
+    add_colour_model(tmp_path, "colour")
+    env = {**os.environ, "IE_SERVER__DEFAULT_MODEL": "missing"}
+    result = subprocess.run(
+        [sys.executable, "-m", "inference_engine", "serve", "--config-dir", str(ROOT / "configs"),
+         "--model-repository", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "default_model 'missing'" in result.stderr

@@ -65,6 +65,9 @@ async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
     watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:  # the server gave up on this request (shutdown timeout)
+        task.cancel()
+        raise
     finally:
         watcher.cancel()
     if not task.done():
@@ -95,9 +98,9 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
     async def predict(name: str, request: Request, top_k: int | None) -> dict[str, Any]:
         ctx = current_request.get()
         assert ctx is not None
-        ctx.model = name
         started: float = ctx.extra.get("started", time.monotonic())
         runtime = service.runtime(name)  # 404 before reading a body for an unknown model
+        ctx.model = runtime.name  # only known names become metric labels
         data = await read_image_bytes(request, settings.server.max_body_bytes)
         prediction = await until_disconnect(
             service.infer(

@@ -135,7 +135,8 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         """Seconds until the current backlog should have cleared, from recent throughput."""
         if self._throughput <= 0:
             return 1.0
-        return min(60.0, max(1.0, len(self._queue) / self._throughput))
+        # Throughput is measured per forward pass; the instances run in parallel.
+        return min(60.0, max(1.0, len(self._queue) / (self._throughput * len(self._instances))))
 
     def _admit(self, item: WorkItem[Any]) -> bool:
         self._progress.set()

@@ -63,6 +63,7 @@ class BatchQueue(Generic[T]):
         batch: list[WorkItem[T]] = []
         while not batch:
             first = await self._queue.get()
+            self._on_depth(self._queue.qsize())
             if admit(first):
                 batch.append(first)
         due = batch[0].enqueued_at + max_delay_s

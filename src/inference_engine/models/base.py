@@ -115,7 +115,10 @@ class ModelHandler(ABC, Generic[ItemT, OutputT]):
         return self.config.preprocessing.resize
 
     def warmup(self) -> None:
-        """Run representative batches once so the first request is not slow; best effort."""
+        """Run representative batches once so the first request is not slow.
+
+        A failure here fails the load: a model that cannot run a dummy batch cannot serve.
+        """
         image = Image.new("RGB", (self.config.preprocessing.resize,) * 2, (127, 127, 127))
         item = self.preprocess(image)
         for size in sorted({1, self.config.max_batch_size or 1}):

@@ -115,3 +115,11 @@ async def test_no_models_is_not_ready(tmp_path: Path) -> None:
         response = await c.post("/predict", content=GREEN)
         assert response.status_code == 404
         assert response.json()["error"]["type"] == "model_not_found"
+
+
+async def test_unknown_model_names_do_not_become_metric_labels(client: httpx.AsyncClient) -> None:
+    for name in ("a1", "b2", "c3"):
+        assert (await client.post(f"/v1/models/{name}/predict", content=GREEN)).status_code == 404
+    text = (await client.get("/metrics")).text
+    assert 'model="a1"' not in text
+    assert metric_value(text, "inference_engine_requests_total", model="", status="404") == 3
