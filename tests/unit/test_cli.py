@@ -158,7 +158,7 @@ def test_models_list_repository_models(capsys: pytest.CaptureFixture[str]) -> No
     row = rows["efficientnet_lite0"].split()
     assert row[1:4] == ["1", "efficientnet_lite", "cpu"]
     assert row[-1] == "ok"
-    assert "batch<=8" in row
+    assert "batch<=4" in row
 
 
 def test_models_list_fills_batching_defaults_from_settings(

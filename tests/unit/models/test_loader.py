@@ -37,7 +37,7 @@ def test_the_default_model_folder_validates() -> None:
     assert [s.name for s in specs] == ["efficientnet_lite0"]
     spec = specs[0]
     assert spec.handler_class is EfficientNetLiteClassifier
-    assert spec.config.max_batch_size == 8  # model.yaml wins over the global default
+    assert spec.config.max_batch_size == 4  # model.yaml wins over the global default
     assert spec.config.labels == "imagenet"
 
 
