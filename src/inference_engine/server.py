@@ -89,9 +89,11 @@ class _Server(uvicorn.Server):
         self._service = service
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if not self.should_exit:
+            logger.info("stopping on %s: refusing new work, draining", signal.Signals(sig).name)
         self._service.begin_shutdown()
         super().handle_exit(sig, frame)
 
 
 def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:
-    logger.info("stopping on %s", signal.Signals(signum).name)
+    """Swallow the signal uvicorn re-raises after its graceful stop (it was handled already)."""
