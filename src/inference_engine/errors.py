@@ -42,6 +42,18 @@ class ImageTooSmall(InvalidInput):
     code = "image_too_small"
 
 
+class UrlRefused(InvalidInput):
+    """An image URL that the fetch policy forbids (scheme, host, or a private address)."""
+
+    code = "url_refused"
+
+
+class UrlFetchFailed(InvalidInput):
+    """An allowed image URL that could not be fetched (timeout, HTTP error, too many redirects)."""
+
+    code = "url_fetch_failed"
+
+
 class BadRequest(EngineError):
     """The request itself is malformed (missing field, unparsable multipart)."""
 
@@ -61,6 +73,28 @@ class UnsupportedMediaType(EngineError):
 
     status_code = 415
     code = "unsupported_media_type"
+
+
+class Unauthorized(EngineError):
+    """No API key, or a key that is not accepted."""
+
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="inference-engine"'})
+
+
+class RateLimited(EngineError):
+    """This client sent more than its token bucket allows."""
+
+    status_code = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float, headers: dict[str, str] | None = None) -> None:
+        seconds = max(1, math.ceil(retry_after_s))
+        super().__init__(message, headers={**(headers or {}), "Retry-After": str(seconds)})
+        self.retry_after_s = seconds
 
 
 class ModelNotFound(EngineError):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -46,6 +46,8 @@ class ServerSettings(_Section):
     """Deadline for one inference request, from arrival to answer; past it the answer is 504."""
     max_body_bytes: int = Field(20 * 1024 * 1024, gt=0)
     """Largest accepted request body; enforced while the body streams in (413 past it)."""
+    max_request_timeout_s: float = Field(120.0, gt=0)
+    """Cap on a client's own deadline (header ``X-Request-Timeout-Ms``)."""
     preprocess_workers: int = Field(0, ge=0)
     """Threads that decode and pre-process images; 0 means one per CPU core."""
     drain_timeout_s: float = Field(20.0, ge=0)
@@ -86,6 +88,69 @@ class ImageSettings(_Section):
         return self
 
 
+class AuthSettings(_Section):
+    enabled: bool = False
+    """Require an API key (``Authorization: Bearer <key>`` or ``X-API-Key: <key>``)."""
+    api_key_hashes: list[str] = Field(default_factory=list)
+    """Hex SHA-256 digests of the accepted keys (``inference-engine auth hash-key KEY``)."""
+    protect_operational: bool = False
+    """Also require a key for ``/health``, ``/ready`` and ``/metrics`` (probes usually cannot)."""
+
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _hex_sha256(cls, hashes: list[str]) -> list[str]:
+        for digest in hashes:
+            if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+                raise ValueError("each entry must be a hex SHA-256 digest (64 hex characters)")
+        return [digest.lower() for digest in hashes]
+
+
+class RateLimitOverride(_Section):
+    rate: float = Field(gt=0)
+    """Requests per second refilled into this key's bucket."""
+    burst: int = Field(ge=1)
+    """Bucket size: requests allowed at once after idling."""
+
+
+class RateLimitSettings(_Section):
+    enabled: bool = False
+    """Limit requests per API key (or per client address when auth is off) with token buckets."""
+    rate: float = Field(10.0, gt=0)
+    """Requests per second refilled into each client's bucket."""
+    burst: int = Field(20, ge=1)
+    """Bucket size: how many requests a client may send at once after idling."""
+    overrides: dict[str, RateLimitOverride] = Field(default_factory=dict)
+    """Per-key limits, keyed by the key's hex SHA-256 digest."""
+    max_clients: int = Field(100_000, ge=1)
+    """Buckets kept in memory; the least recently seen client is forgotten past it."""
+
+
+class UrlSettings(_Section):
+    enabled: bool = False
+    """Accept ``{"url": ...}`` bodies: the server fetches the image itself."""
+    allowed_hosts: list[str] = Field(default_factory=list)
+    """Host names that may be fetched (exact, or ``*.example.com``); empty allows any host."""
+    allow_private_networks: bool = False
+    """Allow private, loopback and link-local addresses (never cloud metadata addresses)."""
+    connect_timeout_s: float = Field(3.0, gt=0)
+    """Seconds to connect to the image host."""
+    read_timeout_s: float = Field(10.0, gt=0)
+    """Seconds the whole download may take."""
+    max_bytes: int = Field(20 * 1024 * 1024, gt=0)
+    """Largest image fetched; the download stops past it (413)."""
+    max_redirects: int = Field(3, ge=0)
+    """Redirects followed, each re-checked against the rules above."""
+
+
+class WatchdogSettings(_Section):
+    enabled: bool = True
+    """Watch batch loops and forward passes; restart a model whose loop died or hangs."""
+    max_forward_s: float = Field(60.0, gt=0)
+    """A forward pass running longer is treated as hung: the model turns not-ready and restarts."""
+    check_interval_s: float = Field(0.5, gt=0)
+    """How often the watchdog looks."""
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Lowest level written."""
@@ -121,6 +186,14 @@ class Settings(BaseSettings):
     """Input image limits."""
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     """Log level and format."""
+    auth: AuthSettings = Field(default_factory=AuthSettings)
+    """API keys."""
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    """Per-client request rate limits."""
+    urls: UrlSettings = Field(default_factory=UrlSettings)
+    """Fetching images by URL (off by default)."""
+    watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
+    """Hung or dead batch loops."""
 
     @classmethod
     def settings_customise_sources(
