@@ -53,6 +53,7 @@ class ServerProcess:
     repository: Path
     args: list[str] = field(default_factory=list)
     env: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = field(default_factory=dict)  # for its own checks (an API key)
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
@@ -80,7 +81,7 @@ class ServerProcess:
 
     def wait_until(self, check: object, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        with httpx.Client(base_url=self.url, timeout=5) as client:
+        with httpx.Client(base_url=self.url, timeout=5, headers=dict(self.headers)) as client:
             while time.monotonic() < deadline:
                 assert self.process is not None
                 if self.process.poll() is not None:
@@ -105,6 +106,11 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
 
+    def stop_log(self) -> str:
+        """The log after the process has ended (stops it first if needed)."""
+        self.stop()
+        return self.log()
+
     def stop(self, timeout: float = 30.0) -> int:
         assert self.process is not None
         if self.process.poll() is None:
@@ -114,7 +120,8 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self._log.close()
+        if not self._log.closed:
+            self._log.close()
         return self.process.returncode
 
 

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import os
+import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -64,7 +65,25 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(listing)
     listing.add_argument("--model-repository", type=Path, help="folder of model folders")
+    auth = commands.add_parser("auth", help="API keys")
+    auth_commands = auth.add_subparsers(dest="auth_command", required=True)
+    auth_commands.add_parser("new-key", help="print a new random API key and the digest to configure")
+    hash_key = auth_commands.add_parser("hash-key", help="print the SHA-256 digest to configure for KEY")
+    hash_key.add_argument("key", help="the API key (read from standard input when '-')")
     return parser
+
+
+def _auth(args: argparse.Namespace) -> int:
+    from inference_engine.api.access import hash_key
+
+    if args.auth_command == "new-key":
+        key = secrets.token_urlsafe(32)
+        print(f"key:    {key}\nsha256: {hash_key(key)}")
+        print("Give the key to the client; put only the sha256 in auth.api_key_hashes.", file=sys.stderr)
+        return 0
+    key = sys.stdin.readline().strip() if args.key == "-" else args.key
+    print(hash_key(key))
+    return 0
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,6 +141,8 @@ def _models_list(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    if args.command == "auth":
+        return _auth(args)
     try:
         loaded = _load(args)
     except ConfigError as exc:
@@ -143,6 +164,6 @@ def _run(args: argparse.Namespace, loaded: LoadedSettings) -> int:
         from inference_engine.server import serve
 
         return serve(loaded.settings)
-    except ModelLoadError as exc:
+    except (ModelLoadError, ConfigError) as exc:
         print(f"inference-engine: {exc}", file=sys.stderr)
         return EXIT_CONFIG

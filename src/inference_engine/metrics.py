@@ -107,6 +107,13 @@ class Metrics:
             registry=r,
         )
 
+        self.watchdog_restarts = Counter(
+            f"{PREFIX}_watchdog_restarts",
+            "Models restarted by the watchdog (reason: hung forward pass, or batch loop died).",
+            ["model", "reason"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)

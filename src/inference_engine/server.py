@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import signal
 from types import FrameType
 
@@ -16,6 +17,7 @@ from fastapi import FastAPI
 
 from inference_engine import __version__
 from inference_engine.api import create_app
+from inference_engine.errors import ConfigError
 from inference_engine.imaging import ImageLimits
 from inference_engine.logging import configure_logging
 from inference_engine.metrics import Metrics
@@ -25,9 +27,23 @@ from inference_engine.settings import Settings
 
 logger = logging.getLogger("inference_engine.server")
 
+#: Exit status after a second signal cut the drain short (128 + SIGTERM, as a shell reports it).
+EXIT_FORCED = 128 + signal.SIGTERM
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse settings that validate one by one but cannot work together."""
+    if settings.auth.enabled and not settings.auth.api_key_hashes:
+        raise ConfigError(
+            "invalid configuration:\n  auth.enabled is true but auth.api_key_hashes is empty, so no "
+            "request could be served; set IE_AUTH__API_KEY_HASHES='[\"<sha256>\"]' "
+            "(inference-engine auth hash-key KEY prints one) or IE_AUTH__ENABLED=false"
+        )
+
 
 def build_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
     """Validate the model repository and build the app; raises ``ModelLoadError`` if it is unusable."""
+    check_settings(settings)
     metrics = metrics or Metrics()
     specs, broken = scan_repository(settings.model_repository, settings.batching, settings.models or None)
     images = settings.images
@@ -89,8 +105,12 @@ class _Server(uvicorn.Server):
         self._service = service
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if not self.should_exit:
-            logger.info("stopping on %s: refusing new work, draining", signal.Signals(sig).name)
+        name = signal.Signals(sig).name
+        if self.should_exit:  # a second signal: the operator wants out now
+            logger.warning("second %s: exiting now without draining", name)
+            logging.shutdown()
+            os._exit(EXIT_FORCED)
+        logger.info("stopping on %s: refusing new work, draining", name)
         self._service.begin_shutdown()
         super().handle_exit(sig, frame)
 

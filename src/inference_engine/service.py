@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from PIL import Image
+
 from inference_engine.batching import BatchPolicy, BatchResult, DynamicBatcher, ModelWorker
 from inference_engine.errors import (
     DeadlineExceeded,
@@ -42,6 +44,7 @@ class ModelState(enum.StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
+    RECOVERING = "recovering"
     STOPPED = "stopped"
 
 
@@ -58,6 +61,7 @@ class ModelRuntime:
     batcher: DynamicBatcher[Any, Any] | None = None
     load_seconds: float | None = None
     warmup_seconds: float | None = None
+    restarts: int = 0
 
     @property
     def ready(self) -> bool:
@@ -68,6 +72,8 @@ class ModelRuntime:
             return "its batch loop is not running"
         if self.state is ModelState.FAILED:
             return f"it failed to load: {self.error}"
+        if self.state is ModelState.RECOVERING:
+            return f"it is restarting: {self.error}"
         return f"it is {self.state.value}"
 
     @property
@@ -169,6 +175,9 @@ class InferenceService:
                 *(w.call(h.warmup) for w, h in zip(runtime.workers, runtime.handlers, strict=True))
             )
             runtime.warmup_seconds = time.monotonic() - warm_started
+            await asyncio.gather(
+                *(w.call(_canary, h) for w, h in zip(runtime.workers, runtime.handlers, strict=True))
+            )
         except Exception as exc:
             message = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
             runtime.state, runtime.error = ModelState.FAILED, message
@@ -197,6 +206,30 @@ class InferenceService:
             extra={"model": runtime.name, "load_ms": round(runtime.load_seconds * 1000, 1),
                    "warmup_ms": round(runtime.warmup_seconds * 1000, 1), "instances": config.instances},
         )  # fmt: skip
+
+    async def restart(self, runtime: ModelRuntime, reason: str, kind: str) -> None:
+        """Take a model out of service at once, fail its queued work with 503, and reload it.
+
+        A hung forward pass cannot be interrupted from Python: its worker thread is abandoned
+        (a daemon, it ends when the pass returns, if ever) and new instances take over.
+        """
+        if runtime.state is not ModelState.READY or self._draining:
+            return
+        runtime.state, runtime.error = ModelState.RECOVERING, reason
+        runtime.restarts += 1
+        self.metrics.model_ready.labels(runtime.name).set(0)
+        self.metrics.watchdog_restarts.labels(runtime.name, kind).inc()
+        logger.error("model unhealthy; restarting it", extra={"model": runtime.name, "reason": reason})
+        if runtime.batcher is not None:
+            runtime.batcher.abort(
+                ModelNotReady(f"model {runtime.name} is restarting: {reason}", retry_after_s=5.0)
+            )
+        runtime.batcher = None
+        for worker in runtime.workers:
+            worker.close()
+        runtime.workers.clear()
+        runtime.handlers.clear()
+        await self._load(runtime)
 
     def begin_shutdown(self) -> None:
         """Refuse new work from now on (``/ready`` turns 503); queued work still runs.
@@ -250,7 +283,8 @@ class InferenceService:
             return self.runtimes[name]
         except KeyError:
             known = ", ".join(sorted(self.runtimes)) or "none"
-            raise ModelNotFound(f"no model named {name!r} (served: {known})") from None
+            shown = name if len(name) <= 64 else name[:64] + "..."
+            raise ModelNotFound(f"no model named {shown!r} (served: {known})") from None
 
     def readiness(self) -> dict[str, str | None]:
         """Model name -> ``None`` when ready, else why not."""
@@ -301,3 +335,14 @@ class InferenceService:
             inference_s=result.inference_s,
             batch_size=result.batch_size,
         )
+
+
+def _canary(handler: ModelHandler[Any, Any]) -> None:
+    """One inference through preprocess and predict; readiness waits for it to succeed."""
+    side = max(handler.decode_min_side() or 64, 32)
+    image = Image.new("RGB", (side, side), (127, 127, 127))
+    outputs = handler.predict([handler.preprocess(image)])
+    if len(outputs) != 1:
+        raise ModelLoadError(f"canary inference returned {len(outputs)} outputs for 1 input")
+    if isinstance(outputs[0], BaseException):
+        raise ModelLoadError(f"canary inference failed: {type(outputs[0]).__name__}: {outputs[0]}")

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -90,7 +91,36 @@ def test_sigterm_under_load_answers_every_accepted_request(tmp_path: Path) -> No
 
     responses = asyncio.run(load_then_stop())
     assert [r.status_code for r in responses] == [200] * 10
-    assert server.stop() == 0
+    assert server.process is not None
+    assert server.process.wait(30) == 0
+    server.stop()
+
+
+def test_a_second_signal_exits_at_once(tmp_path: Path) -> None:
+    add_colour_model(tmp_path / "repo", "slow", delay_s=1.0, settings={"max_batch_size": 1})
+    server = ServerProcess(tmp_path / "repo", env={"IE_SERVER__DRAIN_TIMEOUT_S": "30"})
+    server.start(tmp_path / "server.log")
+    payload = encode(np.full((32, 32, 3), (10, 250, 10), np.uint8), "PNG")
+
+    async def stop_twice() -> float:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            requests = [asyncio.create_task(client.post("/predict", content=payload)) for _ in range(8)]
+            await asyncio.sleep(0.5)  # about 8 s of queued work
+            assert server.process is not None
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(server.process.wait, 10)
+            elapsed = time.monotonic() - started
+            await asyncio.gather(*requests, return_exceptions=True)
+            return elapsed
+
+    elapsed = asyncio.run(stop_twice())
+    assert server.process is not None
+    assert server.process.returncode == 143
+    assert elapsed < 2.0
+    assert "second SIGTERM: exiting now" in server.stop_log()
 
 
 def test_a_default_model_that_is_not_served_stops_start_up(tmp_path: Path) -> None:

@@ -14,21 +14,33 @@ from fastapi import FastAPI
 
 from inference_engine import __version__
 from inference_engine.api import health, routes
+from inference_engine.api.access import AccessControlMiddleware
 from inference_engine.api.errors import install_error_handlers
 from inference_engine.api.middleware import RequestContextMiddleware
+from inference_engine.fetch import ImageFetcher
 from inference_engine.metrics import Metrics
+from inference_engine.ratelimit import RateLimiter
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
+from inference_engine.watchdog import Watchdog
 
 
 def create_app(settings: Settings, service: InferenceService, metrics: Metrics) -> FastAPI:
+    fetcher = ImageFetcher(settings.urls) if settings.urls.enabled else None
+
+    watchdog = Watchdog(service, settings.watchdog)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
+        watchdog.start()
         try:
             yield
         finally:
+            await watchdog.stop()
             await service.stop(settings.server.drain_timeout_s)
+            if fetcher is not None:
+                await fetcher.aclose()
 
     app = FastAPI(
         title="inference-engine",
@@ -41,6 +53,11 @@ def create_app(settings: Settings, service: InferenceService, metrics: Metrics) 
     metrics.build_info.labels(__version__).set(1)
     install_error_handlers(app)
     app.include_router(health.build_router(service, settings, metrics))
-    app.include_router(routes.build_router(service, settings))
+    app.include_router(routes.build_router(service, settings, fetcher))
+    limiter = RateLimiter(settings.rate_limit) if settings.rate_limit.enabled else None
+    # Added first, so it runs inside the request-context middleware (request ids on its errors).
+    app.add_middleware(
+        AccessControlMiddleware, auth=settings.auth, limiter=limiter, enabled_auth=settings.auth.enabled
+    )
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.logging.access_log)
     return app

@@ -24,6 +24,16 @@ error_logger = logging.getLogger("inference_engine.api")
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
 
+_SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"cache-control", b"no-store"),
+]
+# The interactive API docs load Swagger UI / ReDoc scripts; everything else is data.
+_CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
+_CSP_EXEMPT = ("/docs", "/redoc")
+
 
 def incoming_request_id(headers: list[tuple[bytes, bytes]]) -> str:
     """The client's ``X-Request-ID`` when it is sane, else a new one."""
@@ -60,6 +70,9 @@ class RequestContextMiddleware:
                 response_started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", ctx.request_id.encode("latin-1")))
+                headers.extend(_SECURITY_HEADERS)
+                if not scope["path"].startswith(_CSP_EXEMPT):
+                    headers.append(_CSP)
                 message = {**message, "headers": headers}
             await send(message)
 

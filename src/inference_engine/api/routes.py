@@ -11,7 +11,8 @@ from fastapi import APIRouter, Query, Request
 from starlette.types import Receive
 
 from inference_engine.api.payload import read_image_bytes
-from inference_engine.errors import ClientDisconnected, ModelNotFound
+from inference_engine.errors import BadRequest, ClientDisconnected, DeadlineExceeded, ModelNotFound
+from inference_engine.fetch import ImageFetcher
 from inference_engine.logging import current_request
 from inference_engine.service import InferenceService, Prediction
 from inference_engine.settings import Settings
@@ -21,8 +22,22 @@ T = TypeVar("T")
 _IMAGE_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "description": "An image (JPEG, PNG, WebP, GIF, BMP, TIFF) as the raw body or a multipart 'file'.",
+        "description": (
+            "An image (JPEG, PNG, WebP, GIF, BMP, TIFF) as the raw body, a multipart 'file', or JSON "
+            "with the image as base64 (or a data: URI) in 'image', or its address in 'url' when the "
+            "server allows image URLs."
+        ),
         "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "image": {"type": "string", "description": "base64 or data:image/...;base64,..."},
+                        "url": {"type": "string", "format": "uri", "maxLength": 2048},
+                    },
+                    "additionalProperties": False,
+                }
+            },
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -77,6 +92,24 @@ async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
     return task.result()
 
 
+TIMEOUT_HEADER = "x-request-timeout-ms"
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    """Convert a ``time.monotonic()`` deadline to the event loop's clock."""
+    return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())
+
+
+def request_timeout_s(request: Request, settings: Settings) -> float:
+    """The client's own deadline from ``X-Request-Timeout-Ms``, capped by configuration."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return settings.server.request_timeout_s
+    if not raw.strip().isdigit() or int(raw) <= 0:
+        raise BadRequest("X-Request-Timeout-Ms must be a positive whole number of milliseconds")
+    return min(int(raw) / 1000.0, settings.server.max_request_timeout_s)
+
+
 def format_prediction(prediction: Prediction, request_id: str, total_s: float) -> dict[str, Any]:
     return {
         "model": prediction.model,
@@ -92,7 +125,9 @@ def format_prediction(prediction: Prediction, request_id: str, total_s: float) -
     }
 
 
-def build_router(service: InferenceService, settings: Settings) -> APIRouter:
+def build_router(
+    service: InferenceService, settings: Settings, fetcher: ImageFetcher | None = None
+) -> APIRouter:
     router = APIRouter(tags=["inference"])
 
     async def predict(name: str, request: Request, top_k: int | None) -> dict[str, Any]:
@@ -101,13 +136,18 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
         started: float = ctx.extra.get("started", time.monotonic())
         runtime = service.runtime(name)  # 404 before reading a body for an unknown model
         ctx.model = runtime.name  # only known names become metric labels
-        data = await read_image_bytes(request, settings.server.max_body_bytes)
+        deadline = started + request_timeout_s(request, settings)
+        try:
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                data = await read_image_bytes(request, settings.server.max_body_bytes, fetcher)
+        except TimeoutError:
+            raise DeadlineExceeded("the image did not arrive within the request deadline") from None
         prediction = await until_disconnect(
             service.infer(
                 runtime.name,
                 data,
                 top_k=top_k,
-                deadline=started + settings.server.request_timeout_s,
+                deadline=deadline,
                 request_id=ctx.request_id,
             ),
             request.receive,

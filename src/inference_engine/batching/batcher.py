@@ -83,6 +83,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         self._accepting = False
         self._throughput = 0.0  # items per second, smoothed; feeds Retry-After
         self._progress = asyncio.Event()  # set whenever queued work is consumed (drain waits on it)
+        self._abort_error: EngineError | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -116,6 +117,15 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for item in self._queue.drain_nowait():
             _set_exception(item, ShuttingDown("the server shut down before this request ran"))
+
+    def abort(self, error: EngineError) -> None:
+        """Stop now: fail the running batch and everything queued with ``error`` (watchdog)."""
+        self._accepting = False
+        self._abort_error = error
+        for task in self._tasks:
+            task.cancel()
+        for item in self._queue.drain_nowait():
+            _set_exception(item, error)
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -178,10 +188,11 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
                     f"predict returned {len(outputs)} outputs for a batch of {len(batch)} inputs"
                 )
         except asyncio.CancelledError:
+            error = self._abort_error or ShuttingDown("the server shut down while this request ran")
             for item in batch:
-                _set_exception(item, ShuttingDown("the server shut down while this request ran"))
+                _set_exception(item, error)
             raise
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from a model must not end the loop
             self._metrics.batch_failures.labels(self.model).inc()
             logger.exception(
                 "batch failed",

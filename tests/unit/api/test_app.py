@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -123,3 +124,48 @@ async def test_unknown_model_names_do_not_become_metric_labels(client: httpx.Asy
     text = (await client.get("/metrics")).text
     assert 'model="a1"' not in text
     assert metric_value(text, "inference_engine_requests_total", model="", status="404") == 3
+
+
+async def test_json_bodies_carry_base64_or_data_uris(client: httpx.AsyncClient) -> None:
+    encoded = base64.b64encode(GREEN).decode()
+    for image in (encoded, f"data:image/png;base64,{encoded}"):
+        response = await client.post("/predict", json={"image": image})
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["label"] == "green"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"image": "not base64!!"}', "not valid base64"),
+        (b'{"image": 5}', "must be a base64 string"),
+        (b'{"url": "http://example.com/cat.jpg"}', "does not fetch image URLs"),
+        (b'{"url": 7}', "'url' must be a string"),
+        (b'{"image": "", "url": ""}', "exactly one"),
+        (b"{}", "exactly one"),
+        (b'{"picture": "x"}', "unknown JSON field"),
+        (b"[1, 2]", "must be an object"),
+        (b"{not json", "not valid JSON"),
+        (b"[" * 100_000, "nested too deeply"),
+        (b'{"image": "data:image/png,abc"}', "base64 encoded"),
+    ],
+)
+async def test_bad_json_bodies_are_400(client: httpx.AsyncClient, body: bytes, message: str) -> None:
+    response = await client.post("/predict", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "bad_request"
+    assert message in response.json()["error"]["message"]
+    assert len(response.json()["error"]["message"]) < 200
+
+
+@pytest.mark.parametrize("value", ["abc", "-5", "0", "1.5"])
+async def test_a_bad_timeout_header_is_400(client: httpx.AsyncClient, value: str) -> None:
+    response = await client.post("/predict", content=GREEN, headers={"x-request-timeout-ms": value})
+    assert response.status_code == 400
+    assert "X-Request-Timeout-Ms" in response.json()["error"]["message"]
+
+
+async def test_a_long_model_name_is_not_echoed_whole(client: httpx.AsyncClient) -> None:
+    response = await client.post(f"/v1/models/{'x' * 5000}/predict", content=GREEN)
+    assert response.status_code == 404
+    assert len(response.json()["error"]["message"]) < 200

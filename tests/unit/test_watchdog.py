@@ -1,0 +1,82 @@
+"""The watchdog restarts a model whose forward pass hangs or whose batch loop ended."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inference_engine.errors import ModelNotReady
+from inference_engine.imaging import ImageLimits
+from inference_engine.metrics import Metrics
+from inference_engine.models.loader import scan_repository
+from inference_engine.service import InferenceService, ModelState
+from inference_engine.settings import BatchingSettings, WatchdogSettings
+from inference_engine.watchdog import Watchdog, diagnose
+from tests.helpers import encode
+from tests.repository import add_colour_model
+
+GREEN = encode(np.full((32, 32, 3), (10, 250, 10), np.uint8), "PNG")
+BLUE = encode(np.full((32, 32, 3), (10, 10, 250), np.uint8), "PNG")
+
+
+@pytest.fixture
+async def watched(tmp_path: Path) -> AsyncIterator[tuple[InferenceService, Metrics]]:
+    add_colour_model(tmp_path, "hangs", hang_on_blue_s=1.0, settings={"max_batch_size": 1})
+    specs, broken = scan_repository(tmp_path, BatchingSettings())
+    metrics = Metrics()
+    service = InferenceService(specs, broken, metrics, limits=ImageLimits())
+    watchdog = Watchdog(service, WatchdogSettings(max_forward_s=0.3, check_interval_s=0.05))
+    service.start()
+    await service.wait_loaded()
+    watchdog.start()
+    yield service, metrics
+    await watchdog.stop()
+    await service.stop(0.5)
+
+
+async def wait_for_state(service: InferenceService, state: ModelState, within_s: float = 3.0) -> None:
+    deadline = time.monotonic() + within_s
+    while service.runtime("hangs").state is not state:
+        assert time.monotonic() < deadline, service.runtime("hangs").state
+        await asyncio.sleep(0.01)
+
+
+async def test_a_hung_forward_pass_fails_its_requests_with_503_and_the_model_reloads(
+    watched: tuple[InferenceService, Metrics],
+) -> None:
+    service, metrics = watched
+    deadline = time.monotonic() + 10
+    hung = asyncio.create_task(service.infer("hangs", BLUE, top_k=None, deadline=deadline))
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(service.infer("hangs", GREEN, top_k=None, deadline=deadline))
+    started = time.monotonic()
+    for task in (hung, queued):
+        with pytest.raises(ModelNotReady, match="restarting: a forward pass has run for"):
+            await task
+    assert time.monotonic() - started < 0.8  # long before the hung pass (1 s) returns
+    await wait_for_state(service, ModelState.READY)
+    runtime = service.runtime("hangs")
+    assert runtime.restarts == 1
+    assert metrics.watchdog_restarts.labels("hangs", "hung")._value.get() == 1
+    result = await service.infer("hangs", GREEN, top_k=None, deadline=time.monotonic() + 5)
+    assert result.body["predictions"][0]["label"] == "green"
+
+
+async def test_a_dead_batch_loop_is_restarted(watched: tuple[InferenceService, Metrics]) -> None:
+    service, metrics = watched
+    runtime = service.runtime("hangs")
+    assert diagnose(runtime, 1.0) is None
+    assert runtime.batcher is not None
+    for task in runtime.batcher._tasks:
+        task.cancel()
+    await asyncio.sleep(0)
+    assert diagnose(runtime, 1.0) == ("loop_died", "its batch loop ended")
+    await asyncio.sleep(0.2)
+    await wait_for_state(service, ModelState.READY)
+    assert metrics.watchdog_restarts.labels("hangs", "loop_died")._value.get() == 1
+    assert runtime.batcher is not None and runtime.batcher.alive
