@@ -336,3 +336,35 @@ def test_serve_flags_become_command_line_settings() -> None:
     assert rows["server.port"] == (9100, "command line")
     assert rows["logging.format"] == ("text", "command line")  # beats prod.yaml's json
     assert rows["server.host"] == ("0.0.0.0", str(REPO_CONFIGS / "prod.yaml"))
+
+
+def test_auth_new_key_prints_a_key_and_its_digest(capsys: pytest.CaptureFixture[str]) -> None:
+    import hashlib
+
+    assert cli.main(["auth", "new-key"]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    key, digest = lines["key"].strip(), lines["sha256"].strip()
+    assert len(key) >= 40
+    assert digest == hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_auth_hash_key_from_argument_and_stdin(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+
+    expected = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"  # sha256("secret")
+    assert cli.main(["auth", "hash-key", "secret"]) == 0
+    assert capsys.readouterr().out.strip() == expected
+    monkeypatch.setattr("sys.stdin", io.StringIO("secret\n"))
+    assert cli.main(["auth", "hash-key", "-"]) == 0
+    assert capsys.readouterr().out.strip() == expected
+
+
+def test_serve_refuses_auth_without_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "prod.yaml").write_text("auth:\n  enabled: true\n")
+    code = cli.main(
+        ["serve", "--config-dir", str(tmp_path), "--env", "prod", "--model-repository", str(tmp_path)]
+    )
+    assert code == 2
+    assert "auth.api_key_hashes is empty" in capsys.readouterr().err
