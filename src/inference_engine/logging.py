@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from inference_engine.settings import LoggingSettings
+from inference_engine.tracing import current_trace_id
 
 
 @dataclass
@@ -46,6 +47,10 @@ class RequestIdFilter(logging.Filter):
         if not hasattr(record, "request_id"):
             ctx = current_request.get()
             record.request_id = ctx.request_id if ctx is not None else "-"
+        if not hasattr(record, "trace_id"):
+            trace_id = current_trace_id()
+            if trace_id is not None:  # only inside a recorded span: no noise when tracing is off
+                record.trace_id = trace_id
         return True
 
 

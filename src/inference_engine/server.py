@@ -11,6 +11,7 @@ import math
 import os
 import signal
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI
@@ -24,6 +25,10 @@ from inference_engine.metrics import Metrics
 from inference_engine.models.loader import scan_repository
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
+from inference_engine.tracing import build_tracer_provider, get_tracer
+
+if TYPE_CHECKING:  # the SDK is an optional extra
+    from opentelemetry.sdk.trace import TracerProvider
 
 logger = logging.getLogger("inference_engine.server")
 
@@ -41,10 +46,16 @@ def check_settings(settings: Settings) -> None:
         )
 
 
-def build_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
-    """Validate the model repository and build the app; raises ``ModelLoadError`` if it is unusable."""
+def build_app(
+    settings: Settings, metrics: Metrics | None = None, tracer_provider: TracerProvider | None = None
+) -> FastAPI:
+    """Validate the model repository and build the app; raises ``ModelLoadError`` if it is unusable.
+
+    ``tracer_provider`` replaces the one ``tracing`` settings would build (tests pass their own).
+    """
     check_settings(settings)
     metrics = metrics or Metrics()
+    tracer_provider = tracer_provider or build_tracer_provider(settings.tracing)
     specs, broken = scan_repository(settings.model_repository, settings.batching, settings.models or None)
     images = settings.images
     service = InferenceService(
@@ -60,8 +71,9 @@ def build_app(settings: Settings, metrics: Metrics | None = None) -> FastAPI:
         ),
         preprocess_workers=settings.server.preprocess_workers,
         default_model=settings.server.default_model,
+        tracer=get_tracer(tracer_provider),
     )
-    return create_app(settings, service, metrics)
+    return create_app(settings, service, metrics, tracer_provider)
 
 
 def serve(settings: Settings) -> int:

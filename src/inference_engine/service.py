@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from opentelemetry import trace
 from PIL import Image
 
 from inference_engine.batching import BatchPolicy, BatchResult, DynamicBatcher, ModelWorker
@@ -120,8 +121,10 @@ class InferenceService:
         limits: ImageLimits,
         preprocess_workers: int = 0,
         default_model: str | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.metrics = metrics
+        self._tracer = tracer or trace.NoOpTracer()
         self.limits = limits
         self.runtimes: dict[str, ModelRuntime] = {spec.name: ModelRuntime(spec.name, spec) for spec in specs}
         for bad in broken:
@@ -195,6 +198,7 @@ class InferenceService:
             runtime.policy(),
             [(w, h.predict) for w, h in zip(runtime.workers, runtime.handlers, strict=True)],
             self.metrics,
+            self._tracer,
         )
         runtime.batcher.start()
         runtime.state = ModelState.READY
@@ -297,6 +301,20 @@ class InferenceService:
         context = contextvars.copy_context()
         return await loop.run_in_executor(self._pool, functools.partial(context.run, fn, *args))
 
+    def _record_batch_spans(self, enqueued_ns: int, result: BatchResult[Any]) -> None:
+        """Queue-wait and inference spans for this request, timed from what the batcher measured."""
+        batch_started_ns = enqueued_ns + int(result.queue_s * 1e9)
+        self._tracer.start_span("queue_wait", start_time=enqueued_ns).end(end_time=batch_started_ns)
+        span = self._tracer.start_span(
+            "inference",
+            start_time=batch_started_ns,
+            attributes={
+                "inference_engine.batch.size": result.batch_size,
+                "inference_engine.batch.id": result.batch_id,
+            },
+        )
+        span.end(end_time=batch_started_ns + int(result.inference_s * 1e9))
+
     async def infer(
         self, name: str, data: bytes, *, top_k: int | None, deadline: float, request_id: str = "-"
     ) -> Prediction:
@@ -315,15 +333,21 @@ class InferenceService:
         name = runtime.name
         assert runtime.batcher is not None
         started = time.monotonic()
-        item = await self._in_pool(runtime.prepare, data, self.limits)
+        with self._tracer.start_as_current_span("decode"):
+            item = await self._in_pool(runtime.prepare, data, self.limits)
         preprocess_s = time.monotonic() - started
         self.metrics.preprocess_duration.labels(name).observe(preprocess_s)
-        future = runtime.batcher.submit(item, deadline=deadline, request_id=request_id)
+        request_span = trace.get_current_span().get_span_context()
+        enqueued_ns = time.time_ns()
+        future = runtime.batcher.submit(
+            item, deadline=deadline, request_id=request_id, span_context=request_span
+        )
         remaining = deadline - time.monotonic()
         try:
             result: BatchResult[Any] = await asyncio.wait_for(future, timeout=max(remaining, 0.0))
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within the request deadline ({name})") from None
+        self._record_batch_spans(enqueued_ns, result)
         config = runtime.config
         body = runtime.handlers[0].postprocess(result.output, top_k=top_k or config.top_k)
         return Prediction(

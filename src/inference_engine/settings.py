@@ -151,6 +151,19 @@ class WatchdogSettings(_Section):
     """How often the watchdog looks."""
 
 
+class TracingSettings(_Section):
+    enabled: bool = False
+    """Export OpenTelemetry traces (needs the extra: ``pip install 'inference-engine[tracing]'``)."""
+    exporter: Literal["otlp", "console"] = "otlp"
+    """``otlp`` (OTLP over HTTP to ``otlp_endpoint``) or ``console`` (spans printed to stdout)."""
+    otlp_endpoint: str = "http://127.0.0.1:4318/v1/traces"
+    """Where the OTLP exporter sends spans (a collector, Jaeger, Tempo...)."""
+    service_name: str = "inference-engine"
+    """``service.name`` resource attribute of every span."""
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of new traces recorded; a sampled parent from the client is always followed."""
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     """Lowest level written."""
@@ -194,6 +207,8 @@ class Settings(BaseSettings):
     """Fetching images by URL (off by default)."""
     watchdog: WatchdogSettings = Field(default_factory=WatchdogSettings)
     """Hung or dead batch loops."""
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    """OpenTelemetry tracing."""
 
     @classmethod
     def settings_customise_sources(

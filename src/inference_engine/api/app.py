@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
 
@@ -24,8 +25,16 @@ from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
 from inference_engine.watchdog import Watchdog
 
+if TYPE_CHECKING:  # the SDK is an optional extra
+    from opentelemetry.sdk.trace import TracerProvider
 
-def create_app(settings: Settings, service: InferenceService, metrics: Metrics) -> FastAPI:
+
+def create_app(
+    settings: Settings,
+    service: InferenceService,
+    metrics: Metrics,
+    tracer_provider: TracerProvider | None = None,
+) -> FastAPI:
     fetcher = ImageFetcher(settings.urls) if settings.urls.enabled else None
 
     watchdog = Watchdog(service, settings.watchdog)
@@ -41,12 +50,21 @@ def create_app(settings: Settings, service: InferenceService, metrics: Metrics) 
             await service.stop(settings.server.drain_timeout_s)
             if fetcher is not None:
                 await fetcher.aclose()
+            if tracer_provider is not None:
+                tracer_provider.shutdown()  # flushes spans still batched for export
 
     app = FastAPI(
         title="inference-engine",
         version=__version__,
         description="Image models behind HTTP with dynamic batching.",
         lifespan=lifespan,
+        # FastAPI's own OpenTelemetry support makes the request span (with the route and status);
+        # it is off unless tracing is configured, so no global provider is ever picked up.
+        telemetry=(
+            {"tracer_provider": tracer_provider, "metrics": False, "logs": False}
+            if tracer_provider is not None
+            else {"tracing": False, "metrics": False, "logs": False}
+        ),
     )
     app.state.service = service
     app.state.metrics = metrics

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from opentelemetry import trace
+
 from inference_engine.batching.queue import BatchQueue, WorkItem
 from inference_engine.batching.worker import ModelWorker
 from inference_engine.errors import DeadlineExceeded, EngineError, ModelFailed, ShuttingDown
@@ -71,9 +73,11 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         policy: BatchPolicy,
         instances: Sequence[tuple[ModelWorker, PredictFn[ItemT, OutputT]]],
         metrics: Metrics,
+        tracer: trace.Tracer | None = None,
     ) -> None:
         self.model = model
         self.policy = policy
+        self._tracer = tracer or trace.NoOpTracer()
         self._instances = list(instances)
         self._metrics = metrics
         depth_gauge = metrics.queue_depth.labels(model)
@@ -129,7 +133,14 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
 
     # -- intake ----------------------------------------------------------------------------
 
-    def submit(self, payload: ItemT, *, deadline: float, request_id: str = "-") -> asyncio.Future[Any]:
+    def submit(
+        self,
+        payload: ItemT,
+        *,
+        deadline: float,
+        request_id: str = "-",
+        span_context: trace.SpanContext | None = None,
+    ) -> asyncio.Future[Any]:
         """Queue one item; the returned future resolves to a :class:`BatchResult`.
 
         Raises ``QueueFull`` at once when the queue is full, ``ShuttingDown`` while draining.
@@ -137,7 +148,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         if not self._accepting:
             raise ShuttingDown(f"model {self.model} is not accepting requests (shutting down)")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        item = WorkItem(payload, future, deadline, request_id)
+        item = WorkItem(payload, future, deadline, request_id, span_context=span_context)
         self._queue.put(item, retry_after_s=self.retry_after_s())
         return future
 
@@ -176,7 +187,21 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
     async def _run_batch(
         self, worker: ModelWorker, predict: PredictFn[ItemT, OutputT], batch: list[WorkItem[ItemT]]
     ) -> None:
+        links = [trace.Link(item.span_context) for item in batch if item.span_context is not None]
+        with self._tracer.start_as_current_span("batch", links=links) as span:
+            span.set_attribute("inference_engine.model", self.model)
+            span.set_attribute("inference_engine.batch.size", len(batch))
+            await self._run_traced_batch(worker, predict, batch, span)
+
+    async def _run_traced_batch(
+        self,
+        worker: ModelWorker,
+        predict: PredictFn[ItemT, OutputT],
+        batch: list[WorkItem[ItemT]],
+        span: trace.Span,
+    ) -> None:
         batch_id = next(_batch_ids)
+        span.set_attribute("inference_engine.batch.id", batch_id)
         started = time.monotonic()
         waits = [started - item.enqueued_at for item in batch]
         for wait in waits:
@@ -194,6 +219,8 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
             raise
         except BaseException as exc:  # SystemExit from a model must not end the loop
             self._metrics.batch_failures.labels(self.model).inc()
+            span.record_exception(exc)
+            span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
             logger.exception(
                 "batch failed",
                 extra={"model": self.model, "batch_id": batch_id, "batch_size": len(batch),

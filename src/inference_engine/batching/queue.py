@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from opentelemetry.trace import SpanContext
+
 from inference_engine.errors import QueueFull
 
 T = TypeVar("T")
@@ -28,6 +30,7 @@ class WorkItem(Generic[T]):
     deadline: float
     request_id: str = "-"
     enqueued_at: float = field(default_factory=time.monotonic)
+    span_context: SpanContext | None = None  # the request's trace, linked from the batch span
 
 
 class BatchQueue(Generic[T]):
