@@ -11,7 +11,7 @@ MODEL_REPOSITORY ?= models
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev serve lint format test test-fast bench clean
+.PHONY: help install install-dev serve lint format test test-fast bench docs docker clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,13 +34,13 @@ serve: install ## Serve the model repository (HOST, PORT, ENV, MODEL_REPOSITORY 
 	$(BIN)/inference-engine serve --host $(HOST) --port $(PORT) --env $(ENV) --model-repository $(MODEL_REPOSITORY)
 
 lint: install-dev ## ruff (lint + format check) and mypy --strict
-	$(BIN)/ruff check src tests bench service.py
-	$(BIN)/ruff format --check src tests bench service.py
+	$(BIN)/ruff check src tests bench service.py locustfile.py
+	$(BIN)/ruff format --check src tests bench service.py locustfile.py
 	$(BIN)/mypy --strict src
 
 format: install-dev ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src tests bench service.py
-	$(BIN)/ruff format src tests bench service.py
+	$(BIN)/ruff check --fix src tests bench service.py locustfile.py
+	$(BIN)/ruff format src tests bench service.py locustfile.py
 
 test: lint ## Lint, type-check, then the whole test suite with coverage (fails under 85%)
 	rm -f .coverage .coverage.*
@@ -51,6 +51,13 @@ test-fast: install-dev ## Tests only, no coverage
 
 bench: install-dev ## Measure cold start, single-request latency and throughput under load
 	$(BIN)/python -m bench.quick --model-repository $(MODEL_REPOSITORY)
+
+docs: install ## Regenerate docs/CONFIGURATION.md from the settings models
+	$(BIN)/inference-engine config docs > docs/CONFIGURATION.md
+
+VARIANT ?= cpu
+docker: ## Build the container image (VARIANT=cpu or cuda); needs a Docker engine
+	docker build --build-arg VARIANT=$(VARIANT) -t inference-engine:$(VARIANT) .
 
 clean: ## Remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

@@ -1,4 +1,4 @@
-"""Command line: ``serve``, ``config show``, ``models list``.
+"""Command line: ``serve``, ``config show``, ``config docs``, ``models list``, ``auth``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage (argparse's convention).
 """
@@ -57,6 +57,9 @@ def _build_parser() -> argparse.ArgumentParser:
     show = config_commands.add_parser("show", help="the merged configuration and where each value came from")
     _add_config_args(show)
     show.add_argument("--format", choices=["text", "json"], default="text")
+    config_commands.add_parser(
+        "docs", help="print docs/CONFIGURATION.md, generated from the settings (reads no configuration)"
+    )
 
     models = commands.add_parser("models", help="inspect the model repository")
     models_commands = models.add_subparsers(dest="models_command", required=True)
@@ -121,6 +124,13 @@ def _config_show(loaded: LoadedSettings, fmt: str) -> int:
     return 0
 
 
+def _config_docs() -> int:
+    from inference_engine.configdocs import render_configuration_doc
+
+    sys.stdout.write(render_configuration_doc())
+    return 0
+
+
 def _models_list(settings: Settings) -> int:
     from inference_engine.models.loader import scan_repository
 
@@ -143,6 +153,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "auth":
         return _auth(args)
+    if args.command == "config" and args.config_command == "docs":
+        return _config_docs()
     try:
         loaded = _load(args)
     except ConfigError as exc:

@@ -285,7 +285,7 @@ class ImageFetcher:
             if response.headers.get("content-encoding", "identity").lower() != "identity":
                 raise UrlFetchFailed(f"{_show(str(url))!r} sent a compressed body")
             declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
+            if declared.isascii() and declared.isdecimal() and int(declared) > limit:
                 raise PayloadTooLarge(too_large)  # refuse before reading a byte of it
             body = bytearray()
             async for chunk in response.aiter_raw():

@@ -35,7 +35,7 @@ def _excerpt(text: str, limit: int = 40) -> str:
 async def capped_stream(request: Request, max_bytes: int) -> AsyncGenerator[bytes, None]:
     """The request body, chunk by chunk, raising 413 as soon as it passes ``max_bytes``."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    if declared is not None and declared.isascii() and declared.isdecimal() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
     received = 0
     async for chunk in request.stream():

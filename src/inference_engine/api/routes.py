@@ -20,6 +20,15 @@ from inference_engine.settings import Settings
 T = TypeVar("T")
 
 _IMAGE_BODY: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": "X-Request-Timeout-Ms",
+            "in": "header",
+            "required": False,
+            "description": "This request's deadline in ms (capped by server.max_request_timeout_s).",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    ],
     "requestBody": {
         "required": True,
         "description": (
@@ -48,7 +57,7 @@ _IMAGE_BODY: dict[str, Any] = {
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
             "image/*": {"schema": {"type": "string", "format": "binary"}},
         },
-    }
+    },
 }
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -105,7 +114,7 @@ def request_timeout_s(request: Request, settings: Settings) -> float:
     raw = request.headers.get(TIMEOUT_HEADER)
     if raw is None:
         return settings.server.request_timeout_s
-    if not raw.strip().isdigit() or int(raw) <= 0:
+    if not (raw.strip().isascii() and raw.strip().isdecimal()) or int(raw) <= 0:
         raise BadRequest("X-Request-Timeout-Ms must be a positive whole number of milliseconds")
     return min(int(raw) / 1000.0, settings.server.max_request_timeout_s)
 

@@ -1,0 +1,127 @@
+# One Dockerfile, two images, picked with the VARIANT build argument:
+#
+#   docker build --build-arg VARIANT=cpu  -t inference-engine:0.1.0-cpu  .
+#   docker build --build-arg VARIANT=cuda -t inference-engine:0.1.0-cuda .
+#
+# cpu:  python:3.11 slim (Debian bookworm) + torch's CPU wheel from download.pytorch.org/whl/cpu.
+# cuda: nvidia/cuda 12.6 + cuDNN runtime (Ubuntu 22.04, its python3.11) + torch's CUDA 12.6 wheel
+#       from download.pytorch.org/whl/cu126. torch 2.13 is built for CUDA 12.6 (legacy: Maxwell to
+#       Hopper) and 13.0 (PyPI's default wheel: Turing to Blackwell). For Blackwell GPUs build with
+#       --build-arg CUDA_BASE_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu22.04
+#       --build-arg TORCH_INDEX_URL_CUDA=https://download.pytorch.org/whl/cu130
+#       (the CUDA major of the wheel and of the base image must match; the host driver must support it).
+#
+# Run it like Kubernetes does, with a read-only root filesystem and /tmp as the only writable place:
+#
+#   docker run --read-only --tmpfs /tmp -p 8000:8000 \
+#     -e IE_AUTH__API_KEY_HASHES='["<sha256>"]' inference-engine:0.1.0-cpu
+#
+# Models are baked in at /app/models; mount another repository over it with -v DIR:/app/models:ro.
+# Base images are pinned to exact tags; pin digests too with
+#   --build-arg CPU_BASE_IMAGE=python:3.11.14-slim-bookworm@sha256:<digest>
+# BuildKit builds only the base stage the variant needs; the legacy builder builds both.
+
+ARG VARIANT=cpu
+ARG CPU_BASE_IMAGE=python:3.11.14-slim-bookworm
+ARG CUDA_BASE_IMAGE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu22.04
+
+# ---------------------------------------------------------------------------------------------
+# Base images: the same one runs the builder and the runtime, so the venv's interpreter links
+# resolve in both (/usr/local/bin/python3.11 on slim, /usr/bin/python3.11 on Ubuntu).
+FROM ${CPU_BASE_IMAGE} AS base-cpu
+
+FROM ${CUDA_BASE_IMAGE} AS base-cuda
+# Ubuntu 22.04's own python3.11 (universe), no PPA. ca-certificates for pip in the builder.
+# Not version-pinned: Ubuntu drops superseded versions from the archive; the base tag pins the release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        python3.11 python3.11-venv ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+
+# hadolint ignore=DL3006
+FROM base-${VARIANT} AS base
+
+# ---------------------------------------------------------------------------------------------
+FROM base AS builder
+ARG VARIANT
+ARG PIP_VERSION=26.3
+# Must equal the torch pin in constraints.txt (tests/deploy checks it).
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX_URL_CPU=https://download.pytorch.org/whl/cpu
+ARG TORCH_INDEX_URL_CUDA=https://download.pytorch.org/whl/cu126
+# Optional extras of the project, e.g. --build-arg EXTRAS=[tracing] for OpenTelemetry export.
+ARG EXTRAS=""
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /build
+COPY pyproject.toml README.md constraints.txt ./
+COPY src/ ./src/
+# torch first, from the index of the variant, without its dependencies (--no-deps); then the
+# project with the tested pins. torch 2.13.0+cpu / +cu126 satisfies the `torch==2.13.0` pin, so
+# pip keeps it, and installs torch's own dependencies from PyPI under constraints.txt.
+# The last step imports the whole server, so a missing runtime dependency fails the build.
+RUN case "${VARIANT}" in \
+        cpu) torch_index="${TORCH_INDEX_URL_CPU}" ;; \
+        cuda) torch_index="${TORCH_INDEX_URL_CUDA}" ;; \
+        *) echo "VARIANT must be cpu or cuda, not '${VARIANT}'" >&2; exit 2 ;; \
+    esac \
+ && python3.11 -m venv /opt/venv \
+ && /opt/venv/bin/python -m pip install "pip==${PIP_VERSION}" \
+ && /opt/venv/bin/python -m pip install --no-deps --index-url "${torch_index}" "torch==${TORCH_VERSION}" \
+ && /opt/venv/bin/python -m pip install -c constraints.txt ".${EXTRAS}" \
+ && /opt/venv/bin/python -m pip check \
+ && /opt/venv/bin/python -c "import sys, torch, inference_engine.server, inference_engine.cli; \
+print('torch', torch.__version__, 'cuda', torch.version.cuda); \
+sys.exit((torch.version.cuda is None) != ('${VARIANT}' == 'cpu'))"
+
+# ---------------------------------------------------------------------------------------------
+FROM base AS runtime
+ARG VARIANT
+LABEL org.opencontainers.image.title="inference-engine" \
+      org.opencontainers.image.description="Image models behind HTTP with dynamic batching (${VARIANT})" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="0.1.0"
+
+# Read-only root filesystem: the process writes nothing outside /tmp (an emptyDir or tmpfs).
+# HOME and every cache point there; bytecode was compiled at install time and is not rewritten.
+ENV VIRTUAL_ENV=/opt/venv \
+    PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    XDG_CACHE_HOME=/tmp/.cache \
+    TORCH_HOME=/tmp/.cache/torch \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    IE_ENV=prod \
+    IE_SERVER__HOST=0.0.0.0 \
+    IE_SERVER__DRAIN_TIMEOUT_S=20
+
+# A fixed numeric UID/GID, so Kubernetes' runAsNonRoot can verify it and volumes can be owned.
+RUN groupadd --system --gid 10001 inference \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
+        --shell /usr/sbin/nologin inference
+
+WORKDIR /app
+# Owned by root and not writable by the server user.
+COPY --from=builder /opt/venv /opt/venv
+COPY configs/ /app/configs/
+COPY models/ /app/models/
+# The shipped model.yaml files say `device: cpu` (right for the CPU image). In the CUDA image
+# they say `auto`: the GPU when one is visible, the CPU otherwise. A mounted /app/models wins.
+RUN if [ "${VARIANT}" = "cuda" ]; then \
+        sed -i -E 's/^device:[[:space:]]*cpu\b/device: auto/' /app/models/*/model.yaml; \
+    fi
+
+USER 10001:10001
+EXPOSE 8000
+# SIGTERM: refuse new work, drain for IE_SERVER__DRAIN_TIMEOUT_S, exit 0 (docs/OPERATIONS.md).
+# Give the container more than that before the kill (docker stop -t 30, compose stop_grace_period).
+STOPSIGNAL SIGTERM
+# No curl in the slim image: ask /health with the venv's python.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('IE_SERVER__PORT', '8000'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/health', timeout=4).status == 200 else 1)"]
+
+ENTRYPOINT ["inference-engine"]
+CMD ["serve"]

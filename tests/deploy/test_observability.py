@@ -1,0 +1,659 @@
+"""The Prometheus rules, scrape config and Grafana dashboard under deploy/, checked against the server.
+
+Every ``inference_engine_*`` name used in a PromQL expression must be one that the real server
+exports: a server is started over a small repository, driven through the code paths that create
+each labelled series (a good request, bad ones, a failing batch, a dropped input, a model that
+fails to load, a watchdog restart), and its ``GET /metrics`` is parsed. Label names used in
+selectors, ``by (...)`` clauses and legends must be labels of those series.
+
+``promtool`` (Debian package ``prometheus``) is optional: when it is installed, the rules file and
+the scrape config are checked with it, the alerts are unit-tested with ``promtool test rules``, and
+every dashboard query is parsed by it. The structural checks always run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+import time
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import ROOT, ServerProcess, cat_jpeg, encode
+from tests.repository import add_colour_model, add_model
+
+DEPLOY = ROOT / "deploy"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
+DASHBOARD = DEPLOY / "grafana" / "dashboards" / "inference-engine.json"
+DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
+RUNBOOK = ROOT / "docs" / "OPERATIONS.md"
+
+METRIC_NAME = re.compile(r"\binference_engine_[a-z0-9_]+")
+SELECTOR = re.compile(r"\b(inference_engine_[a-z0-9_]+)\s*\{([^}]*)\}")
+MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)\s*"')
+GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+RANGE_WINDOW = re.compile(r"\[([^\]]+)\]")
+DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+# Labels that Prometheus adds at scrape time.
+TARGET_LABELS = frozenset({"job", "instance"})
+SEVERITIES = frozenset({"critical", "warning", "info"})
+# Grafana's variables, replaced by something PromQL parses when the queries go through promtool.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$model": ".+"}
+
+GREEN = encode(np.full((32, 32, 3), (10, 250, 10), np.uint8), "PNG")
+BLUE = encode(np.full((32, 32, 3), (10, 10, 250), np.uint8), "PNG")
+SUFFIXES = {
+    "counter": ("_total", "_created"),
+    "histogram": ("_bucket", "_sum", "_count", "_created"),
+    "summary": ("", "_sum", "_count", "_created"),
+    "gauge": ("",),
+}
+
+
+# -- the files ---------------------------------------------------------------------------------
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in load_yaml(ALERTS)["groups"] for rule in group["rules"]]
+
+
+def dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return data
+
+
+def dashboard_panels() -> list[dict[str, Any]]:
+    """Every panel, including those nested in collapsed rows."""
+    panels: list[dict[str, Any]] = []
+    for panel in dashboard()["panels"]:
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))
+    return panels
+
+
+def rule_expressions() -> list[tuple[str, str]]:
+    return [(f"alert {rule['alert']}", rule["expr"]) for rule in alert_rules()]
+
+
+def dashboard_expressions() -> list[tuple[str, str, str]]:
+    """(where, expr, legendFormat) of every panel target."""
+    found = []
+    for panel in dashboard_panels():
+        for target in panel.get("targets", []):
+            where = f"panel {panel['id']} {panel['title']!r} target {target.get('refId')}"
+            found.append((where, target.get("expr", ""), target.get("legendFormat", "")))
+    return found
+
+
+def variable_queries() -> list[tuple[str, str]]:
+    found = []
+    for variable in dashboard()["templating"]["list"]:
+        if variable.get("type") == "query":
+            query = variable["query"]
+            text = query["query"] if isinstance(query, dict) else query
+            found.append((f"variable {variable['name']}", text))
+    return found
+
+
+# -- what the real server exports --------------------------------------------------------------
+
+
+@dataclass
+class Exposition:
+    text: str
+    families: dict[str, str]  # family name (as the parser names it) -> type
+    sample_names: set[str]  # every series name that can appear, with its suffix
+    labels: dict[str, set[str]]  # series name -> label names seen on it
+
+
+def parse_exposition(text: str) -> Exposition:
+    families: dict[str, str] = {}
+    names: set[str] = set()
+    labels: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(text):
+        families[family.name] = family.type
+        # A labelled metric with no child yet is still announced by its # TYPE line.
+        names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
+        for sample in family.samples:
+            names.add(sample.name)
+            labels.setdefault(sample.name, set()).update(sample.labels)
+    # Series of one family share their labels (plus `le` on buckets).
+    by_family: dict[str, set[str]] = {}
+    for name, seen in labels.items():
+        for family_name, kind in families.items():
+            if any(name == family_name + suffix for suffix in SUFFIXES.get(kind, ("",))):
+                by_family.setdefault(family_name, set()).update(seen - {"le"})
+    for family_name, kind in families.items():
+        for suffix in SUFFIXES.get(kind, ("",)):
+            extra = {"le"} if suffix == "_bucket" else set()
+            if family_name in by_family:
+                labels[family_name + suffix] = by_family[family_name] | extra
+    return Exposition(text, families, names, labels)
+
+
+async def _drive(server: ServerProcess) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        good = await client.post("/v1/models/colour/predict", content=cat_jpeg())
+        assert good.status_code == 200, good.text
+        assert (await client.post("/predict", content=GREEN)).status_code == 200
+        bad = await client.post(
+            "/v1/models/colour/predict",
+            content=b"this is not an image",
+            headers={"content-type": "application/octet-stream"},
+        )
+        assert bad.status_code == 415, bad.text
+        assert (await client.post("/v1/models/no_such_model/predict", content=GREEN)).status_code == 404
+        assert (await client.post("/v1/models/broken/predict", content=GREEN)).status_code == 503
+        assert (await client.post("/v1/models/poison/predict", content=BLUE)).status_code == 500
+        # A request whose deadline passes while it waits behind a slow forward pass is dropped.
+        first = asyncio.create_task(client.post("/v1/models/slow/predict", content=GREEN))
+        await asyncio.sleep(0.2)  # the first is in its forward pass
+        late = await client.post(
+            "/v1/models/slow/predict", content=GREEN, headers={"X-Request-Timeout-Ms": "100"}
+        )
+        assert late.status_code == 504, late.text
+        assert (await first).status_code == 200
+        # A forward pass that hangs past watchdog.max_forward_s makes the watchdog restart the model.
+        hung = await client.post("/v1/models/hangs/predict", content=BLUE)
+        assert hung.status_code == 503, hung.text
+        for path in ("/health", "/ready", "/v1/models", "/info"):
+            await client.get(path)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]:
+    repo = tmp_path_factory.mktemp("observability-repo")
+    add_colour_model(repo, "colour")
+    add_colour_model(repo, "poison", fail_batch_on_blue=True)
+    add_colour_model(repo, "slow", delay_s=0.6, settings={"max_batch_size": 1})
+    add_colour_model(repo, "hangs", hang_on_blue_s=4, settings={"max_batch_size": 1})
+    add_model(repo, "broken", {"handler": "torchscript", "weights": "missing.pt"})
+    env = {
+        "IE_SERVER__DEFAULT_MODEL": "colour",
+        "IE_WATCHDOG__MAX_FORWARD_S": "1.0",
+        "IE_WATCHDOG__CHECK_INTERVAL_S": "0.1",
+    }
+    server = ServerProcess(repo, env=env)
+    server.start(tmp_path_factory.mktemp("observability-logs") / "server.log")
+    try:
+        asyncio.run(_drive(server))
+        with httpx.Client(base_url=server.url, timeout=10) as client:
+            deadline = time.monotonic() + 15
+            while True:  # the dropped input and the restart are counted by background loops
+                text = client.get("/metrics").text
+                if (
+                    "inference_engine_dropped_inputs_total{" in text
+                    and "inference_engine_watchdog_restarts_total{" in text
+                ) or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        yield parse_exposition(text)
+    finally:
+        server.stop()
+
+
+# -- names and labels against the real server --------------------------------------------------
+
+
+def all_expressions() -> list[tuple[str, str]]:
+    return rule_expressions() + [(w, e) for w, e, _ in dashboard_expressions()] + variable_queries()
+
+
+@pytest.mark.integration
+def test_the_server_exports_every_family_it_declares_with_samples(exported: Exposition) -> None:
+    """The traffic above reached every code path: each family has real series to check labels on."""
+    empty = [f for f in exported.families if f.startswith("inference_engine_") and not any(
+        n.startswith(f) and n in exported.labels for n in exported.sample_names
+    )]  # fmt: skip
+    assert not empty, f"no samples for {empty}; the test's traffic no longer reaches them"
+
+
+@pytest.mark.integration
+def test_every_metric_in_every_expression_is_exported(exported: Exposition) -> None:
+    unknown = [
+        f"{where}: {name}"
+        for where, expr in all_expressions()
+        for name in METRIC_NAME.findall(expr)
+        if name not in exported.sample_names
+    ]
+    assert not unknown, "metrics the server does not export:\n" + "\n".join(unknown)
+
+
+@pytest.mark.integration
+def test_metric_names_in_descriptions_are_exported(exported: Exposition) -> None:
+    """Annotations and panel descriptions may name a family (a histogram) or a series."""
+    texts = [(f"alert {r['alert']}", json.dumps(r.get("annotations", {}))) for r in alert_rules()]
+    texts += [(f"panel {p['id']}", p.get("description", "")) for p in dashboard_panels()]
+    known = exported.sample_names | set(exported.families)
+    unknown = [f"{where}: {n}" for where, text in texts for n in METRIC_NAME.findall(text) if n not in known]
+    assert not unknown, "\n".join(unknown)
+
+
+@pytest.mark.integration
+def test_label_names_in_selectors_groupings_and_legends_exist(exported: Exposition) -> None:
+    problems = []
+    for where, expr in all_expressions():
+        used = set(METRIC_NAME.findall(expr))
+        available = set(TARGET_LABELS)
+        for name in used:
+            available |= exported.labels.get(name, set())
+        for name, body in SELECTOR.findall(expr):
+            for label in MATCHER.findall(body):
+                if label not in exported.labels.get(name, set()) | TARGET_LABELS:
+                    problems.append(f"{where}: {name} has no label {label!r}")
+        for clause in GROUPING.findall(expr):
+            for label in (part.strip() for part in clause.split(",")):
+                if label and label not in available:
+                    problems.append(f"{where}: grouping by {label!r}, which none of {sorted(used)} has")
+        if where.startswith("variable"):
+            match = re.search(r"label_values\(\s*(inference_engine_[a-z0-9_]+)\s*,\s*(\w+)\s*\)", expr)
+            assert match, f"{where}: expected label_values(metric, label), got {expr!r}"
+            if match.group(2) not in exported.labels.get(match.group(1), set()):
+                problems.append(f"{where}: {match.group(1)} has no label {match.group(2)!r}")
+    for where, expr, legend in dashboard_expressions():
+        groupings = GROUPING.findall(expr)
+        if groupings:  # the result carries the labels of the outermost aggregation's grouping
+            result_labels = {p.strip() for clause in groupings for p in clause.split(",")}
+        else:
+            result_labels = set(TARGET_LABELS)
+            for name in METRIC_NAME.findall(expr):
+                result_labels |= exported.labels.get(name, set())
+        for label in LEGEND_LABEL.findall(legend):
+            if label not in result_labels:
+                problems.append(f"{where}: legend uses {{{{{label}}}}}, not a label of the result")
+    assert not problems, "\n".join(problems)
+
+
+# -- the alert rules ---------------------------------------------------------------------------
+
+
+def test_rules_file_structure() -> None:
+    data = load_yaml(ALERTS)
+    assert set(data) == {"groups"}
+    groups = data["groups"]
+    assert groups, "no rule groups"
+    names = [g["name"] for g in groups]
+    assert len(names) == len(set(names)), f"duplicate group names: {names}"
+    alerts: list[str] = []
+    for group in groups:
+        assert set(group) <= {"name", "interval", "rules", "limit"}, group.keys()
+        assert group["rules"], f"group {group['name']} has no rules"
+        for rule in group["rules"]:
+            assert set(rule) <= {"alert", "expr", "for", "keep_firing_for", "labels", "annotations"}, rule
+            name = rule.get("alert")
+            assert isinstance(name, str) and re.fullmatch(r"InferenceEngine[A-Z][A-Za-z0-9]+", name), name
+            alerts.append(name)
+            assert isinstance(rule.get("expr"), str) and rule["expr"].strip(), f"{name}: no expr"
+            assert DURATION.match(str(rule.get("for", ""))), f"{name}: `for` must be a duration"
+            assert rule.get("labels", {}).get("severity") in SEVERITIES, f"{name}: severity label"
+            annotations = rule.get("annotations", {})
+            for key in ("summary", "description", "runbook_url"):
+                assert isinstance(annotations.get(key), str) and annotations[key].strip(), f"{name}: {key}"
+            assert re.fullmatch(r"docs/OPERATIONS\.md#[a-z0-9_-]+", annotations["runbook_url"]), name
+    assert len(alerts) == len(set(alerts)), f"duplicate alert names: {alerts}"
+
+
+def test_rules_cover_the_operational_signals() -> None:
+    by_name = {rule["alert"]: rule for rule in alert_rules()}
+    exprs = " ".join(rule["expr"] for rule in by_name.values())
+    for needed in (
+        "inference_engine_model_ready",
+        "inference_engine_requests_total",
+        "inference_engine_queue_depth",
+        'type="queue_full"',
+        "inference_engine_request_duration_seconds_bucket",
+        "inference_engine_watchdog_restarts_total",
+        "inference_engine_model_load_failures_total",
+    ):
+        assert needed in exprs, f"no alert uses {needed}"
+    assert by_name["InferenceEngineModelNotReady"]["for"] == "2m"
+    assert by_name["InferenceEngineHighErrorRatio"]["for"] == "5m"
+    assert by_name["InferenceEngineHighLatencyP99"]["for"] == "10m"
+    assert "histogram_quantile(0.99" in by_name["InferenceEngineHighLatencyP99"]["expr"]
+    watchdog = by_name["InferenceEngineWatchdogRestart"]["expr"]
+    assert "increase(inference_engine_watchdog_restarts_total[15m])" in watchdog
+
+
+def test_target_down_alert_watches_the_scrape_job() -> None:
+    jobs = {job["job_name"] for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
+    for rule in alert_rules():
+        for job in re.findall(r'job="([^"]+)"', rule["expr"]):
+            assert job in jobs, f"{rule['alert']} selects job {job!r}, which prometheus.yml does not scrape"
+
+
+def github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a document's headings (and explicit <a id/name> anchors)."""
+    anchors: set[str] = set(re.findall(r"<a\s+(?:id|name)=\"([^\"]+)\"", markdown))
+    seen: dict[str, int] = {}
+    in_fence = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith(("```", "~~~")):
+            in_fence = not in_fence
+        if in_fence:
+            continue
+        match = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not match:
+            continue
+        text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", match[1]).replace("`", "").replace("*", "")
+        kept = (c for c in text.lower() if c in " -_" or unicodedata.category(c)[0] in "LN")
+        slug = "".join(kept).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def test_runbook_urls_point_at_headings_of_the_operations_guide() -> None:
+    if not RUNBOOK.exists():
+        pytest.skip(f"{RUNBOOK.relative_to(ROOT)} does not exist yet")
+    anchors = github_anchors(RUNBOOK.read_text(encoding="utf-8"))
+    missing = []
+    for rule in alert_rules():
+        path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert path == "docs/OPERATIONS.md"
+        if anchor not in anchors:
+            missing.append(f"{rule['alert']}: #{anchor}")
+    assert not missing, "docs/OPERATIONS.md has no heading for:\n" + "\n".join(missing)
+
+
+def test_scrape_config() -> None:
+    config = load_yaml(PROMETHEUS_CONFIG)
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "inference-engine"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["scrape_interval"] == "5s"
+    targets = [t for static in job["static_configs"] for t in static["targets"]]
+    assert targets == ["inference-engine:8000"]
+
+
+# -- promtool ----------------------------------------------------------------------------------
+
+
+def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("promtool")
+    if binary is None:
+        pytest.skip("promtool is not installed (Debian package `prometheus`); structural checks still ran")
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_promtool_check_rules() -> None:
+    result = promtool("check", "rules", str(ALERTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_check_config(tmp_path: Path) -> None:
+    config = load_yaml(PROMETHEUS_CONFIG)
+    config["rule_files"] = [str(ALERTS)]  # compose mounts it at /etc/prometheus/alerts.yml
+    path = tmp_path / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config))
+    result = promtool("check", "config", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_parses_every_dashboard_query(tmp_path: Path) -> None:
+    rules = []
+    for index, (where, expr) in enumerate([(w, e) for w, e, _ in dashboard_expressions()]):
+        for variable, value in sorted(GRAFANA_VARIABLES.items(), key=lambda kv: -len(kv[0])):
+            expr = expr.replace(variable, value)
+        assert "$" not in expr, f"{where}: unknown Grafana variable in {expr!r}"
+        rules.append({"record": f"dashboard:query_{index}", "expr": expr})
+    path = tmp_path / "dashboard-queries.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    result = promtool("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+TARGET = {"job": "inference-engine", "instance": "inference-engine:8000"}
+
+
+def _series(name: str, values: str, **labels: str) -> dict[str, str]:
+    labels = {**TARGET, **labels}
+    body = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"{name}{{{body}}}", "values": values}
+
+
+def _firing(alert: str, at: str, severity: str, **labels: str) -> dict[str, Any]:
+    expected = {**TARGET, "severity": severity, **labels}
+    return {"eval_time": at, "alertname": alert, "exp_alerts": [{"exp_labels": expected}]}
+
+
+def _silent(alert: str, at: str) -> dict[str, Any]:
+    return {"eval_time": at, "alertname": alert, "exp_alerts": []}
+
+
+def _bucket_series(model: str, per_minute: dict[str, int]) -> list[dict[str, str]]:
+    """request_duration buckets growing by ``per_minute[le]`` observations a minute."""
+    name = "inference_engine_request_duration_seconds_bucket"
+    return [_series(name, f"0+{n}x30", model=model, route="/predict", le=le) for le, n in per_minute.items()]
+
+
+def _requests(values: str, model: str, status: str, route: str = "/predict") -> dict[str, str]:
+    return _series("inference_engine_requests_total", values, model=model, route=route, status=status)
+
+
+ALERT_UNIT_TESTS: list[dict[str, Any]] = [
+    {
+        "name": "target down",
+        "interval": "1m",
+        "input_series": [
+            {"series": 'up{job="inference-engine", instance="inference-engine:8000"}', "values": "1 0 0 0"}
+        ],
+        "alert_rule_test": [
+            _silent("InferenceEngineTargetDown", "1m"),
+            _firing("InferenceEngineTargetDown", "3m", "critical"),
+        ],
+    },
+    {
+        "name": "model not ready for 2 minutes",
+        "interval": "1m",
+        "input_series": [
+            _series("inference_engine_model_ready", "1 0 0 0 0 0", model="m"),
+            _series("inference_engine_model_ready", "1 1 1 1 1 1", model="ok"),
+        ],
+        "alert_rule_test": [
+            _silent("InferenceEngineModelNotReady", "2m"),
+            _firing("InferenceEngineModelNotReady", "3m", "critical", model="m"),
+        ],
+    },
+    {
+        "name": "model load failure",
+        "interval": "1m",
+        "input_series": [_series("inference_engine_model_load_failures_total", "_ 1 1 1", model="broken")],
+        "alert_rule_test": [
+            _silent("InferenceEngineModelLoadFailed", "0m"),
+            _firing("InferenceEngineModelLoadFailed", "1m", "critical", model="broken"),
+        ],
+    },
+    {
+        "name": "watchdog restarts, including the first one of a series",
+        "interval": "1m",
+        "input_series": [
+            # absent for 20 minutes, then its first restart (a new series at 1), a second at 50m
+            _series("inference_engine_watchdog_restarts_total", "_x19 1x30 2x10", model="m", reason="hung"),
+        ],
+        "alert_rule_test": [
+            _silent("InferenceEngineWatchdogRestart", "10m"),
+            _firing("InferenceEngineWatchdogRestart", "22m", "warning", model="m", reason="hung"),
+            _silent("InferenceEngineWatchdogRestart", "45m"),
+            _firing("InferenceEngineWatchdogRestart", "55m", "warning", model="m", reason="hung"),
+        ],
+    },
+    {
+        "name": "5xx ratio above 5% for 5 minutes",
+        "interval": "1m",
+        "input_series": [
+            _requests("0+90x20", model="bad", status="200"),
+            _requests("0+10x20", model="bad", status="503"),
+            _requests("0+98x20", model="good", status="200"),
+            _requests("0+2x20", model="good", status="500"),
+            # /ready's 503 while loading is not an inference error
+            _requests("0+50x20", model="", status="503", route="/ready"),
+        ],
+        "alert_rule_test": [
+            _silent("InferenceEngineHighErrorRatio", "5m"),
+            _firing("InferenceEngineHighErrorRatio", "12m", "critical", model="bad"),
+        ],
+    },
+    {
+        "name": "p99 latency above 2 s for 10 minutes",
+        "interval": "1m",
+        "input_series": [
+            *_bucket_series("slow", {"0.5": 0, "1.0": 0, "2.5": 0, "5.0": 10, "+Inf": 10}),
+            *_bucket_series("fast", {"0.5": 10, "1.0": 10, "2.5": 10, "5.0": 10, "+Inf": 10}),
+        ],
+        "alert_rule_test": [
+            _silent("InferenceEngineHighLatencyP99", "10m"),
+            _firing("InferenceEngineHighLatencyP99", "20m", "warning", model="slow"),
+        ],
+    },
+    {
+        "name": "queue above 80% of max_queue_size",
+        "interval": "1m",
+        "input_series": [
+            _series("inference_engine_queue_depth", "0 250x10", model="full"),
+            _series("inference_engine_queue_depth", "0 100x10", model="busy"),
+        ],
+        "alert_rule_test": [
+            _silent("InferenceEngineQueueSaturated", "2m"),
+            _firing("InferenceEngineQueueSaturated", "6m", "warning", model="full"),
+        ],
+    },
+    {
+        "name": "load shedding (503 queue_full) above 1%",
+        "interval": "1m",
+        "input_series": [
+            _requests("0+97x20", model="m", status="200"),
+            _requests("0+3x20", model="m", status="503"),
+            _series("inference_engine_errors_total", "0+3x20", model="m", type="queue_full"),
+        ],
+        "alert_rule_test": [
+            _silent("InferenceEngineLoadShedding", "5m"),
+            _firing("InferenceEngineLoadShedding", "12m", "warning", model="m"),
+            _silent("InferenceEngineHighErrorRatio", "12m"),  # 3% is below the error-ratio alert
+        ],
+    },
+]
+
+
+def test_promtool_alert_unit_tests(tmp_path: Path) -> None:
+    """Each alert fires on the series it is meant for, after its `for`, and not on the others.
+
+    Annotations are dropped from the copy under test (their templates are checked by
+    `promtool check rules`), so the expectations name labels only.
+    """
+    rules = load_yaml(ALERTS)
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            rule.pop("annotations", None)
+    (tmp_path / "alerts.yml").write_text(yaml.safe_dump(rules))
+    tested = {t["alertname"] for case in ALERT_UNIT_TESTS for t in case["alert_rule_test"]}
+    assert tested == {rule["alert"] for rule in alert_rules()}, "every alert needs a unit test"
+    tests = {"rule_files": ["alerts.yml"], "evaluation_interval": "1m", "tests": ALERT_UNIT_TESTS}
+    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(tests, sort_keys=False))
+    result = promtool("test", "rules", "alerts_test.yml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# -- Grafana -----------------------------------------------------------------------------------
+
+
+def provisioned_datasource() -> dict[str, Any]:
+    (source,) = load_yaml(DATASOURCES)["datasources"]
+    return dict(source)
+
+
+def test_provisioned_datasource_and_dashboard_provider() -> None:
+    source = provisioned_datasource()
+    assert source["type"] == "prometheus"
+    assert source["url"] == "http://prometheus:9090"
+    assert source["uid"]
+    providers = load_yaml(DASHBOARD_PROVIDERS)["providers"]
+    assert [p["options"]["path"] for p in providers if p["type"] == "file"] == ["/var/lib/grafana/dashboards"]
+
+
+def test_dashboard_structure() -> None:
+    board = dashboard()
+    assert 36 <= board["schemaVersion"] <= 41
+    assert board["uid"] and board["title"]
+    uid = provisioned_datasource()["uid"]
+    panels = dashboard_panels()
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), f"duplicate panel ids: {ids}"
+    occupied: dict[tuple[int, int], int] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["w"] > 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in occupied, f"panels {occupied[(x, y)]} and {panel['id']} overlap"
+                occupied[(x, y)] = panel["id"]
+        if panel["type"] == "row":
+            continue
+        assert panel["title"] and panel.get("description"), f"panel {panel['id']}: title and description"
+        assert panel["datasource"]["uid"] == uid, f"panel {panel['id']} uses another data source"
+        targets = panel.get("targets", [])
+        assert targets, f"panel {panel['id']} {panel['title']!r} has no targets"
+        refs = [t["refId"] for t in targets]
+        assert len(refs) == len(set(refs)), f"panel {panel['id']}: duplicate refIds"
+        for target in targets:
+            assert target.get("expr", "").strip(), f"panel {panel['id']} target {target['refId']}: no expr"
+            assert target["datasource"]["uid"] == uid
+            for window in RANGE_WINDOW.findall(target["expr"]):
+                assert window == "$__rate_interval", f"panel {panel['id']}: [{window}]"
+
+
+def test_dashboard_model_variable() -> None:
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    model = variables["model"]
+    assert model["type"] == "query"
+    assert model["query"]["query"] == "label_values(inference_engine_model_ready, model)"
+    assert model["datasource"]["uid"] == provisioned_datasource()["uid"]
+    # "All" must not match model="" (the operational routes' series).
+    assert model["includeAll"] and model["allValue"] == ".+"
+    used = {v for _, expr, _ in dashboard_expressions() for v in re.findall(r"\$(\w+)", expr)}
+    assert used - {"__rate_interval", "__range", "__interval"} <= set(variables)
+
+
+def test_dashboard_covers_the_operational_signals() -> None:
+    exprs = {expr for _, expr, _ in dashboard_expressions()}
+    joined = "\n".join(exprs)
+    for needed in (
+        "rate(inference_engine_requests_total",
+        "histogram_quantile(0.5, sum by (le, model) (rate(inference_engine_request_duration_seconds_bucket",
+        "histogram_quantile(0.95, sum by (le, model) (rate(inference_engine_request_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le, model) (rate(inference_engine_request_duration_seconds_bucket",
+        "inference_engine_queue_depth",
+        "rate(inference_engine_batch_size_sum",
+        "rate(inference_engine_batch_size_count",
+        "inference_engine_batch_size_bucket",
+        "sum by (type, model) (rate(inference_engine_errors_total",
+        "inference_engine_model_ready",
+        "inference_engine_inference_duration_seconds_bucket",
+        "inference_engine_queue_wait_seconds_bucket",
+        "inference_engine_in_flight_requests",
+        "inference_engine_watchdog_restarts_total",
+        'status="429"',
+        'type="queue_full"',
+    ):
+        assert needed in joined, f"no panel queries {needed}"
+    heatmaps = [p for p in dashboard_panels() if p["type"] == "heatmap"]
+    assert heatmaps and all(t.get("format") == "heatmap" for p in heatmaps for t in p["targets"])
