@@ -89,12 +89,6 @@ class ModelRuntime:
         assert config.max_queue_size is not None
         return BatchPolicy(config.max_batch_size, config.max_batch_delay_ms or 0.0, config.max_queue_size)
 
-    def prepare(self, data: bytes, limits: ImageLimits) -> Any:
-        """Decode and pre-process one request (worker pool thread)."""
-        handler = self.handlers[0]
-        image = decode_image(data, limits, min_side=handler.decode_min_side())
-        return handler.preprocess(image)
-
 
 @dataclass(frozen=True)
 class Prediction:
@@ -320,23 +314,30 @@ class InferenceService:
     ) -> Prediction:
         """Run one encoded image through model ``name``; raise an ``EngineError`` on any failure."""
         runtime = self.runtime(name)
-        if self._draining:
-            raise ShuttingDown("the server is shutting down; retry on another replica")
-        if not runtime.ready or runtime.batcher is None:
-            raise ModelNotReady(f"model {name} is not ready: {runtime.not_ready_reason()}")
+        self._check_ready(runtime)
         with self.metrics.in_flight.labels(name).track_inprogress():
             return await self._infer(runtime, data, top_k=top_k, deadline=deadline, request_id=request_id)
+
+    def _check_ready(self, runtime: ModelRuntime) -> None:
+        if self._draining:
+            raise ShuttingDown("the server is shutting down; retry on another replica")
+        if not runtime.ready:
+            raise ModelNotReady(f"model {runtime.name} is not ready: {runtime.not_ready_reason()}")
 
     async def _infer(
         self, runtime: ModelRuntime, data: bytes, *, top_k: int | None, deadline: float, request_id: str
     ) -> Prediction:
         name = runtime.name
-        assert runtime.batcher is not None
+        # The instances this request uses, taken now: a watchdog restart may replace them while
+        # it waits, and it must then fail with 503, not trip over the swap.
+        handler = runtime.handlers[0]
         started = time.monotonic()
         with self._tracer.start_as_current_span("decode"):
-            item = await self._in_pool(runtime.prepare, data, self.limits)
+            item = await self._in_pool(_prepare, handler, data, self.limits)
         preprocess_s = time.monotonic() - started
         self.metrics.preprocess_duration.labels(name).observe(preprocess_s)
+        self._check_ready(runtime)
+        assert runtime.batcher is not None  # ready implies a running batcher
         request_span = trace.get_current_span().get_span_context()
         enqueued_ns = time.time_ns()
         future = runtime.batcher.submit(
@@ -349,7 +350,7 @@ class InferenceService:
             raise DeadlineExceeded(f"no answer within the request deadline ({name})") from None
         self._record_batch_spans(enqueued_ns, result)
         config = runtime.config
-        body = runtime.handlers[0].postprocess(result.output, top_k=top_k or config.top_k)
+        body = handler.postprocess(result.output, top_k=top_k or config.top_k)
         return Prediction(
             model=name,
             model_version=config.version,
@@ -359,6 +360,12 @@ class InferenceService:
             inference_s=result.inference_s,
             batch_size=result.batch_size,
         )
+
+
+def _prepare(handler: ModelHandler[Any, Any], data: bytes, limits: ImageLimits) -> Any:
+    """Decode and pre-process one request with ``handler`` (worker pool thread)."""
+    image = decode_image(data, limits, min_side=handler.decode_min_side())
+    return handler.preprocess(image)
 
 
 def _canary(handler: ModelHandler[Any, Any]) -> None:

@@ -80,3 +80,37 @@ async def test_a_dead_batch_loop_is_restarted(watched: tuple[InferenceService, M
     await wait_for_state(service, ModelState.READY)
     assert metrics.watchdog_restarts.labels("hangs", "loop_died")._value.get() == 1
     assert runtime.batcher is not None and runtime.batcher.alive
+
+
+async def test_a_request_caught_in_a_restart_gets_503_not_500(tmp_path: Path) -> None:
+    import threading
+
+    add_colour_model(tmp_path, "slow_load", load_delay_s=0.5)
+    specs, broken = scan_repository(tmp_path, BatchingSettings())
+    service = InferenceService(specs, broken, Metrics(), limits=ImageLimits())
+    service.start()
+    await service.wait_loaded()
+    runtime = service.runtime("slow_load")
+    handler = runtime.handlers[0]
+    entered, release = threading.Event(), threading.Event()
+    original = handler.preprocess
+
+    def held(image: object) -> object:
+        entered.set()
+        release.wait(5)
+        return original(image)  # type: ignore[arg-type]
+
+    handler.preprocess = held  # type: ignore[method-assign]
+    request = asyncio.create_task(
+        service.infer("slow_load", GREEN, top_k=None, deadline=time.monotonic() + 10)
+    )
+    await asyncio.to_thread(entered.wait, 5)
+    restart = asyncio.create_task(service.restart(runtime, "test restart", "hung"))
+    await asyncio.sleep(0.05)
+    assert runtime.state is ModelState.LOADING  # the reload takes 0.5 s
+    release.set()
+    with pytest.raises(ModelNotReady, match="not ready"):
+        await request
+    await restart
+    assert runtime.state is ModelState.READY
+    await service.stop(0.5)
