@@ -19,7 +19,7 @@ from inference_engine.metrics import Metrics
 from inference_engine.server import build_app
 from inference_engine.settings import Settings, TracingSettings
 from inference_engine.tracing import build_tracer_provider, current_trace_id, get_tracer
-from tests.helpers import encode
+from tests.helpers import encode, in_process_client
 from tests.repository import add_colour_model
 
 GREEN = encode(np.full((32, 32, 3), (10, 250, 10), np.uint8), "PNG")
@@ -32,11 +32,8 @@ async def traced(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, InMem
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     app = build_app(Settings(model_repository=tmp_path), Metrics(), tracer_provider=provider)
-    async with app.router.lifespan_context(app):
-        await app.state.service.wait_loaded()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client, exporter
+    async with in_process_client(app) as client:
+        yield client, exporter
 
 
 def by_name(spans: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:

@@ -14,6 +14,7 @@ from inference_engine.errors import ConfigError
 from inference_engine.metrics import Metrics
 from inference_engine.server import build_app
 from inference_engine.settings import AuthSettings, Settings
+from tests.helpers import in_process_client
 from tests.repository import add_colour_model
 
 
@@ -53,11 +54,8 @@ async def protected(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
         rate_limit={"enabled": True, "rate": 1, "burst": 2},
     )
     app = build_app(settings, Metrics())
-    async with app.router.lifespan_context(app):
-        await app.state.service.wait_loaded()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
-            yield client
+    async with in_process_client(app) as client:
+        yield client
 
 
 async def test_protected_operational_routes_need_a_key(protected: httpx.AsyncClient) -> None:

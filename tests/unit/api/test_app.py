@@ -13,7 +13,7 @@ import pytest
 from inference_engine.metrics import Metrics
 from inference_engine.server import build_app
 from inference_engine.settings import Settings
-from tests.helpers import encode, metric_value
+from tests.helpers import encode, in_process_client, metric_value
 from tests.repository import add_colour_model, add_model
 
 GREEN = encode(np.full((32, 32, 3), (10, 250, 10), np.uint8), "PNG")
@@ -37,11 +37,8 @@ async def client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     settings = Settings(model_repository=tmp_path, server={"default_model": "colour"})
     metrics = Metrics()
     app = build_app(settings, metrics)
-    async with app.router.lifespan_context(app):
-        await app.state.service.wait_loaded()
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
-            yield c
+    async with in_process_client(app) as c:
+        yield c
 
 
 async def test_predict_in_process(client: httpx.AsyncClient) -> None:
