@@ -61,6 +61,12 @@ class BadRequest(EngineError):
     code = "bad_request"
 
 
+class UnsupportedTask(BadRequest):
+    """The model cannot do what was asked (embeddings from a classifier, labels for a CNN)."""
+
+    code = "unsupported_task"
+
+
 class PayloadTooLarge(EngineError):
     """The request body is larger than ``server.max_body_bytes``."""
 

@@ -11,6 +11,13 @@ Where each hook runs:
 * ``predict``: per batch, on the model instance's own thread; one entry per input, in order;
   an entry that is an exception fails only that input.
 * ``postprocess``: per request, on the event loop (keep it cheap).
+
+Beyond classification a handler may declare more :data:`Task` values in :meth:`ModelHandler.tasks`
+and implement their hooks: ``embed_image`` (``embed`` turns an image output into an embedding),
+``embed_text`` (``preprocess_text`` and ``predict_text``: a text tower, batched by its own
+batcher on the same instance threads), and ``zero_shot`` (``rank_labels`` scores an image output
+against label embeddings that came out of the text tower). A hook a handler does not declare
+answers :class:`~inference_engine.errors.UnsupportedTask` (400).
 """
 
 from __future__ import annotations
@@ -20,11 +27,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from inference_engine.errors import UnsupportedTask
+
 ItemT = TypeVar("ItemT")
 OutputT = TypeVar("OutputT")
+
+Task = Literal["classify", "embed_image", "embed_text", "zero_shot"]
+Embedding = npt.NDArray[np.float32]
 
 
 class PreprocessingConfig(BaseModel):
@@ -33,7 +47,9 @@ class PreprocessingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     resize: int = Field(256, ge=1)
-    """Shorter side after resizing, before the centre crop."""
+    """Shorter side after resizing (both sides with ``resize_mode: stretch``), before the crop."""
+    resize_mode: Literal["shorter_side", "stretch"] = "shorter_side"
+    """``shorter_side`` keeps the aspect ratio; ``stretch`` resizes to a ``resize`` square."""
     crop: int = Field(224, ge=1)
     """Side of the square centre crop fed to the model."""
     interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bicubic"
@@ -42,6 +58,11 @@ class PreprocessingConfig(BaseModel):
     """Per-channel value subtracted from 0..255 pixels."""
     std: tuple[float, float, float] = (128.0, 128.0, 128.0)
     """Per-channel divisor applied after the mean."""
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    """Channel order the network expects (Caffe-trained networks such as open_nsfw want BGR);
+    ``mean`` and ``std`` are given in this order."""
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    """Tensor layout of one input: channels first (PyTorch) or last (TensorFlow/Caffe exports)."""
 
     @field_validator("crop")
     @classmethod
@@ -131,13 +152,60 @@ class ModelHandler(ABC, Generic[ItemT, OutputT]):
         """Class labels, when the model has them."""
         return []
 
+    # -- optional tasks ----------------------------------------------------------------------
+
+    def tasks(self) -> frozenset[Task]:
+        """What this model answers; the routes refuse the rest with 400 ``unsupported_task``."""
+        return frozenset({"classify"})
+
+    def embed(self, output: OutputT) -> Embedding:
+        """The embedding of one image output (task ``embed_image``), L2-normalised."""
+        raise self._unsupported("image embeddings")
+
+    def embedding_dimension(self) -> int | None:
+        """Length of the embeddings this model answers, when it answers any."""
+        return None
+
+    def preprocess_text(self, prompts: Sequence[str]) -> Any:
+        """Tokenise one text item: several prompts whose embeddings are averaged (task ``embed_text``).
+
+        Runs in the worker pool, like ``preprocess``.
+        """
+        raise self._unsupported("text embeddings")
+
+    def predict_text(self, items: Sequence[Any]) -> Sequence[Embedding | BaseException]:
+        """One L2-normalised embedding per text item, in order; on the instance's own thread."""
+        raise self._unsupported("text embeddings")
+
+    def label_prompts(self, label: str) -> list[str]:
+        """The prompts whose averaged embedding stands for ``label`` in zero-shot classification."""
+        return [label]
+
+    def rank_labels(
+        self, output: OutputT, label_embeddings: Embedding, labels: Sequence[str], *, top_k: int
+    ) -> dict[str, Any]:
+        """Zero-shot answer: score one image output against ``labels`` (task ``zero_shot``)."""
+        raise self._unsupported("zero-shot labels")
+
+    def _unsupported(self, what: str) -> UnsupportedTask:
+        offered = ", ".join(sorted(self.tasks()))
+        return UnsupportedTask(f"model {self.config.name} does not answer {what} (it answers: {offered})")
+
     def metadata(self) -> dict[str, Any]:
         """Inputs, outputs and labels, as ``GET /v1/models/{name}`` shows them."""
-        size = self.config.preprocessing.crop
+        pre = self.config.preprocessing
+        size = pre.crop
         labels = self.labels()
+        outputs: list[dict[str, Any]] = []
+        if "classify" in self.tasks():
+            outputs.append({"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]})
+        if self.tasks() & {"embed_image", "embed_text"}:
+            dimension = self.embedding_dimension()
+            outputs.append({"name": "embeddings", "datatype": "FP32", "shape": [-1, dimension]})
         return {
             "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1], "format": "encoded image"}],
-            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]}],
-            "input_size": [3, size, size],
+            "outputs": outputs,
+            "input_size": [size, size, 3] if pre.layout == "nhwc" else [3, size, size],
             "labels_count": len(labels),
+            "tasks": sorted(self.tasks()),
         }

@@ -23,8 +23,11 @@ _FILTERS = {
 def resize_and_crop(image: Image.Image, config: PreprocessingConfig) -> Image.Image:
     """Scale so the shorter side is ``config.resize``, then take the centre ``config.crop`` square."""
     width, height = image.size
-    scale = config.resize / min(width, height)
-    size = (max(config.crop, round(width * scale)), max(config.crop, round(height * scale)))
+    if config.resize_mode == "stretch":
+        size = (config.resize, config.resize)
+    else:
+        scale = config.resize / min(width, height)
+        size = (max(config.crop, round(width * scale)), max(config.crop, round(height * scale)))
     if size != image.size:
         # reducing_gap lets Pillow shrink big images in cheap integer steps first.
         image = image.resize(size, _FILTERS[config.interpolation], reducing_gap=3.0)
@@ -34,9 +37,13 @@ def resize_and_crop(image: Image.Image, config: PreprocessingConfig) -> Image.Im
 
 
 def to_chw_array(image: Image.Image, config: PreprocessingConfig) -> npt.NDArray[np.float32]:
-    """Normalise an RGB image to a ``[3, crop, crop]`` float32 array."""
+    """Normalise an RGB image to a ``[3, crop, crop]`` float32 array (``[crop, crop, 3]`` for NHWC)."""
     pixels = np.asarray(resize_and_crop(image, config), dtype=np.float32)
+    if config.channel_order == "bgr":
+        pixels = pixels[:, :, ::-1]
     mean = np.asarray(config.mean, dtype=np.float32)
     inv_std = 1.0 / np.asarray(config.std, dtype=np.float32)
     normalised = (pixels - mean) * inv_std
+    if config.layout == "nhwc":
+        return np.ascontiguousarray(normalised)
     return np.ascontiguousarray(normalised.transpose(2, 0, 1))
