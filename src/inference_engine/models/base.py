@@ -84,8 +84,11 @@ class ModelConfig(BaseModel):
     """Version reported with every answer."""
     handler: str
     """A built-in handler name, or ``model.py:ClassName`` for a custom handler in the folder."""
+    backend: Literal["torch", "onnx"] = "torch"
+    """Runtime that executes the network: PyTorch, or ONNX Runtime on ``weights`` (an ``.onnx`` file)."""
     weights: str | None = None
-    """Weights file, relative to the folder (or absolute); ``null`` where the handler knows."""
+    """Weights: a file or folder relative to the model folder (or absolute), a Hugging Face hub id
+    for handlers that load from the hub, or ``null`` where the handler knows (packaged weights)."""
     device: str = "cpu"
     """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
