@@ -103,6 +103,8 @@ class ModelConfig(BaseModel):
     """Overrides ``batching.max_batch_delay_ms`` for this model."""
     max_queue_size: int | None = Field(None, ge=1)
     """Overrides ``batching.max_queue_size`` for this model."""
+    intra_op_threads: int | None = Field(None, ge=1, le=256)
+    """Threads one forward pass may use (torch intra-op, ONNX Runtime intra-op); null: one per core."""
     instances: int = Field(1, ge=1, le=64)
     """Model copies, each with its own thread, fed from the same queue."""
     preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)

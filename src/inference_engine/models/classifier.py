@@ -18,22 +18,11 @@ from PIL import Image
 
 from inference_engine.errors import ModelLoadError
 from inference_engine.models.base import ModelHandler
+from inference_engine.models.device import Placement, plan_placement, set_intra_op_threads
 from inference_engine.models.labels import resolve_labels
 from inference_engine.models.transforms import to_chw_array
 
 Array = npt.NDArray[np.float32]
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(requested: str) -> torch.device:
-    """``auto`` picks CUDA when present; an unavailable CUDA device is a load error, not a crash."""
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(requested)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelLoadError(f"device {requested!r} requested but CUDA is not available here")
-    return device
 
 
 def top_k_predictions(probabilities: Array, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
@@ -57,8 +46,7 @@ class TorchImageClassifier(ModelHandler[Array, Array]):
     def __init__(self, config: Any, model_dir: Path) -> None:
         super().__init__(config, model_dir)
         self.module: torch.nn.Module | None = None
-        self.device = torch.device("cpu")
-        self.dtype = _DTYPES[config.dtype]
+        self.placement: Placement | None = None
         self._labels: list[str] = []
 
     @abstractmethod
@@ -76,20 +64,18 @@ class TorchImageClassifier(ModelHandler[Array, Array]):
         return path
 
     def load(self, device: str) -> None:
-        self.device = resolve_device(device)
-        if self.device.type == "cpu" and self.dtype == torch.float16:
-            raise ModelLoadError("dtype float16 is not supported on the CPU; use float32 or bfloat16")
+        self.placement = plan_placement(device, self.config.dtype)
+        set_intra_op_threads(self.config.intra_op_threads)
         self._labels = resolve_labels(self.config.labels, self.model_dir)
-        module = self.build_module().eval()
-        self.module = module.to(device=self.device, dtype=self.dtype)
+        self.module = self.placement.module(self.build_module())
 
     def preprocess(self, image: Image.Image) -> Array:
         return to_chw_array(image, self.config.preprocessing)
 
     def predict(self, items: Sequence[Array]) -> Sequence[Array | BaseException]:
-        if self.module is None:
+        if self.module is None or self.placement is None:
             raise RuntimeError("predict called before load")
-        batch = torch.from_numpy(np.stack(items)).to(device=self.device, dtype=self.dtype)
+        batch = self.placement.to_device(items)
         with torch.inference_mode():
             logits = self.module(batch)
             probabilities = torch.softmax(logits.float(), dim=-1).cpu().numpy()
@@ -103,7 +89,7 @@ class TorchImageClassifier(ModelHandler[Array, Array]):
 
     def unload(self) -> None:
         self.module = None
-        if self.device.type == "cuda":
+        if self.placement is not None and self.placement.is_cuda:
             torch.cuda.empty_cache()
 
 

@@ -15,7 +15,6 @@ from inference_engine.models.base import ModelConfig
 from inference_engine.models.classifier import (
     EfficientNetLiteClassifier,
     TorchScriptClassifier,
-    resolve_device,
     top_k_predictions,
 )
 from tests.repository import add_tiny_cnn
@@ -65,15 +64,16 @@ def test_top_k_is_sorted_and_clamped() -> None:
     assert top_k_predictions(scores, [], 1)[0]["label"] == "1"  # no labels: the index as text
 
 
-def test_torchscript_classifier_in_bfloat16(tmp_path: Path) -> None:
+def test_torchscript_classifier_on_auto_device(tmp_path: Path) -> None:
     folder = add_tiny_cnn(tmp_path)
     config = ModelConfig(
-        name="tiny_cnn", handler="torchscript", weights="tiny.pt", labels="labels.txt", dtype="bfloat16",
-        preprocessing={"resize": 64, "crop": 56},
+        name="tiny_cnn", handler="torchscript", weights="tiny.pt", labels="labels.txt",
+        preprocessing={"resize": 64, "crop": 56}, intra_op_threads=1,
     )  # fmt: skip
     handler = TorchScriptClassifier(config, folder)
     handler.load("auto")
-    assert handler.device == torch.device("cpu")
+    assert handler.placement is not None
+    assert handler.placement.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
     (output,) = handler.predict([handler.preprocess(Image.fromarray(data.chelsea()))])
     assert isinstance(output, np.ndarray)
     assert output.dtype == np.float32
@@ -89,7 +89,8 @@ def test_torchscript_classifier_in_bfloat16(tmp_path: Path) -> None:
         ({"weights": None}, "needs 'weights'"),
         ({"weights": "absent.pt"}, "does not exist"),
         ({"weights": "labels.txt"}, "not a TorchScript archive"),
-        ({"dtype": "float16"}, "float16 is not supported on the CPU"),
+        ({"dtype": "float16"}, "float16 needs a CUDA device"),
+        ({"dtype": "bfloat16"}, "bfloat16 needs a CUDA device"),
     ],
 )
 def test_torchscript_load_failures_say_why(
@@ -113,6 +114,8 @@ def test_efficientnet_with_weights_that_do_not_fit(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
-def test_cuda_without_cuda_is_a_load_error() -> None:
+def test_cuda_without_cuda_is_a_load_error(tmp_path: Path) -> None:
+    folder = add_tiny_cnn(tmp_path)
+    config = ModelConfig(name="t", handler="torchscript", weights="tiny.pt")
     with pytest.raises(ModelLoadError, match="CUDA is not available"):
-        resolve_device("cuda:0")
+        TorchScriptClassifier(config, folder).load("cuda:0")
