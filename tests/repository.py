@@ -63,3 +63,9 @@ def add_tiny_cnn(repo: Path, name: str = "tiny_cnn", **settings: Any) -> Path:
         **settings,
     }
     return add_model(repo, name, config)
+
+
+def add_colour_text_model(repo: Path, name: str = "colours", **settings: Any) -> Path:
+    """A zero-shot/embedding model over colour words (see tests/fixtures/models/colour_text)."""
+    config = {"handler": "model.py", "labels": ["red", "green", "blue"], **settings}
+    return add_model(repo, name, config, model_py="colour_text")

@@ -113,6 +113,12 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.label_cache_lookups = Counter(
+            f"{PREFIX}_label_cache_lookups",
+            "Zero-shot label embeddings looked up in the model's cache (result: hit or miss).",
+            ["model", "result"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

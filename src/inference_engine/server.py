@@ -23,7 +23,7 @@ from inference_engine.imaging import ImageLimits
 from inference_engine.logging import configure_logging
 from inference_engine.metrics import Metrics
 from inference_engine.models.loader import scan_repository
-from inference_engine.service import InferenceService
+from inference_engine.service import InferenceService, TextLimits
 from inference_engine.settings import Settings
 from inference_engine.tracing import build_tracer_provider, get_tracer
 
@@ -68,6 +68,11 @@ def build_app(
             min_height=images.min_height,
             max_width=images.max_width,
             max_height=images.max_height,
+        ),
+        text_limits=TextLimits(
+            max_items=settings.server.max_items_per_request,
+            max_labels=settings.server.max_labels_per_request,
+            max_chars=settings.server.max_text_chars,
         ),
         preprocess_workers=settings.server.preprocess_workers,
         default_model=settings.server.default_model,

@@ -9,85 +9,41 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import enum
 import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from opentelemetry import trace
 from PIL import Image
 
-from inference_engine.batching import BatchPolicy, BatchResult, DynamicBatcher, ModelWorker
+from inference_engine.batching import BatchResult, DynamicBatcher, ModelWorker
 from inference_engine.errors import (
     DeadlineExceeded,
+    InvalidInput,
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
     ShuttingDown,
 )
 from inference_engine.imaging import ImageLimits, decode_image
+from inference_engine.labelcache import LabelEmbeddingCache
 from inference_engine.metrics import Metrics
-from inference_engine.models.base import ModelConfig, ModelHandler
+from inference_engine.models.base import Embedding, ModelHandler, Task
 from inference_engine.models.loader import BrokenModel, ModelSpec
+from inference_engine.runtime import Modality, ModelRuntime, ModelState
+
+__all__ = ["Embeddings", "InferenceService", "ModelRuntime", "ModelState", "Prediction", "TextLimits"]
 
 logger = logging.getLogger("inference_engine.service")
 
 R = TypeVar("R")
-
-
-class ModelState(enum.StrEnum):
-    PENDING = "pending"
-    LOADING = "loading"
-    READY = "ready"
-    FAILED = "failed"
-    RECOVERING = "recovering"
-    STOPPED = "stopped"
-
-
-@dataclass
-class ModelRuntime:
-    """One served model: its spec, instances, batcher, and what happened while loading."""
-
-    name: str
-    spec: ModelSpec | None
-    state: ModelState = ModelState.PENDING
-    error: str | None = None
-    handlers: list[ModelHandler[Any, Any]] = field(default_factory=list)
-    workers: list[ModelWorker] = field(default_factory=list)
-    batcher: DynamicBatcher[Any, Any] | None = None
-    load_seconds: float | None = None
-    warmup_seconds: float | None = None
-    restarts: int = 0
-
-    @property
-    def ready(self) -> bool:
-        return self.state is ModelState.READY and self.batcher is not None and self.batcher.alive
-
-    def not_ready_reason(self) -> str:
-        if self.state is ModelState.READY and not self.ready:
-            return "its batch loop is not running"
-        if self.state is ModelState.FAILED:
-            return f"it failed to load: {self.error}"
-        if self.state is ModelState.RECOVERING:
-            return f"it is restarting: {self.error}"
-        return f"it is {self.state.value}"
-
-    @property
-    def config(self) -> ModelConfig:
-        if self.spec is None:
-            raise ModelNotReady(f"model {self.name} is not ready: {self.not_ready_reason()}")
-        return self.spec.config
-
-    def policy(self) -> BatchPolicy:
-        config = self.config
-        assert config.max_batch_size is not None
-        assert config.max_queue_size is not None
-        return BatchPolicy(config.max_batch_size, config.max_batch_delay_ms or 0.0, config.max_queue_size)
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 @dataclass(frozen=True)
@@ -97,6 +53,44 @@ class Prediction:
     model: str
     model_version: str
     body: dict[str, Any]
+    preprocess_s: float
+    queue_s: float
+    inference_s: float
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """Embeddings for the images or texts of one request, in the order given."""
+
+    model: str
+    model_version: str
+    modality: Modality
+    vectors: list[Embedding]
+    preprocess_s: float
+    queue_s: float
+    inference_s: float
+    batch_sizes: list[int]
+
+    @property
+    def dimension(self) -> int:
+        return int(self.vectors[0].shape[0]) if self.vectors else 0
+
+
+@dataclass(frozen=True)
+class TextLimits:
+    """Bounds on the texts and labels a request may bring."""
+
+    max_items: int = 64
+    max_labels: int = 256
+    max_chars: int = 2000
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One input's output from a batch, and what it cost."""
+
+    output: Any
     preprocess_s: float
     queue_s: float
     inference_s: float
@@ -113,6 +107,7 @@ class InferenceService:
         metrics: Metrics,
         *,
         limits: ImageLimits,
+        text_limits: TextLimits | None = None,
         preprocess_workers: int = 0,
         default_model: str | None = None,
         tracer: trace.Tracer | None = None,
@@ -120,6 +115,7 @@ class InferenceService:
         self.metrics = metrics
         self._tracer = tracer or trace.NoOpTracer()
         self.limits = limits
+        self.text_limits = text_limits or TextLimits()
         self.runtimes: dict[str, ModelRuntime] = {spec.name: ModelRuntime(spec.name, spec) for spec in specs}
         for bad in broken:
             self.runtimes[bad.name] = ModelRuntime(bad.name, None, ModelState.FAILED, bad.error)
@@ -187,14 +183,7 @@ class InferenceService:
             )
             await self._release(runtime)
             return
-        runtime.batcher = DynamicBatcher(
-            runtime.name,
-            runtime.policy(),
-            [(w, h.predict) for w, h in zip(runtime.workers, runtime.handlers, strict=True)],
-            self.metrics,
-            self._tracer,
-        )
-        runtime.batcher.start()
+        self._start_batchers(runtime)
         runtime.state = ModelState.READY
         self.metrics.model_load_seconds.labels(runtime.name).set(runtime.load_seconds)
         self.metrics.model_warmup_seconds.labels(runtime.name).set(runtime.warmup_seconds)
@@ -204,6 +193,30 @@ class InferenceService:
             extra={"model": runtime.name, "load_ms": round(runtime.load_seconds * 1000, 1),
                    "warmup_ms": round(runtime.warmup_seconds * 1000, 1), "instances": config.instances},
         )  # fmt: skip
+
+    def _start_batchers(self, runtime: ModelRuntime) -> None:
+        """An image batcher for every model; a text batcher on the same threads for text towers."""
+        pairs = list(zip(runtime.workers, runtime.handlers, strict=True))
+        runtime.batchers["image"] = DynamicBatcher(
+            runtime.name, runtime.policy(), [(w, h.predict) for w, h in pairs], self.metrics, self._tracer
+        )
+        tasks = runtime.handlers[0].tasks()
+        if tasks & {"embed_text", "zero_shot"}:
+            # Its own metric label, so queue depth and batch sizes of the two kinds stay apart.
+            runtime.batchers["text"] = DynamicBatcher(
+                f"{runtime.name}:text",
+                runtime.policy(),
+                [(w, h.predict_text) for w, h in pairs],
+                self.metrics,
+                self._tracer,
+            )
+        if "zero_shot" in tasks and runtime.label_cache is None:
+            # Kept across watchdog restarts: the same weights give the same label embeddings.
+            runtime.label_cache = LabelEmbeddingCache(
+                runtime.name, runtime.config.label_cache_size, self.metrics
+            )
+        for batcher in runtime.batchers.values():
+            batcher.start()
 
     async def restart(self, runtime: ModelRuntime, reason: str, kind: str) -> None:
         """Take a model out of service at once, fail its queued work with 503, and reload it.
@@ -218,11 +231,9 @@ class InferenceService:
         self.metrics.model_ready.labels(runtime.name).set(0)
         self.metrics.watchdog_restarts.labels(runtime.name, kind).inc()
         logger.error("model unhealthy; restarting it", extra={"model": runtime.name, "reason": reason})
-        if runtime.batcher is not None:
-            runtime.batcher.abort(
-                ModelNotReady(f"model {runtime.name} is restarting: {reason}", retry_after_s=5.0)
-            )
-        runtime.batcher = None
+        for batcher in runtime.batchers.values():
+            batcher.abort(ModelNotReady(f"model {runtime.name} is restarting: {reason}", retry_after_s=5.0))
+        runtime.batchers.clear()
         for worker in runtime.workers:
             worker.close()
         runtime.workers.clear()
@@ -250,7 +261,7 @@ class InferenceService:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
             await asyncio.gather(self._load_task, return_exceptions=True)
-        batchers = [r.batcher for r in self.runtimes.values() if r.batcher is not None]
+        batchers = [b for r in self.runtimes.values() for b in r.batchers.values()]
         await asyncio.gather(*(b.drain(drain_timeout_s) for b in batchers))
         for runtime in self.runtimes.values():
             if runtime.state is ModelState.READY:
@@ -310,13 +321,97 @@ class InferenceService:
         span.end(end_time=batch_started_ns + int(result.inference_s * 1e9))
 
     async def infer(
-        self, name: str, data: bytes, *, top_k: int | None, deadline: float, request_id: str = "-"
+        self,
+        name: str,
+        data: bytes,
+        *,
+        top_k: int | None,
+        deadline: float,
+        request_id: str = "-",
+        labels: Sequence[str] | None = None,
     ) -> Prediction:
-        """Run one encoded image through model ``name``; raise an ``EngineError`` on any failure."""
+        """Classify one encoded image with model ``name``: with its own labels, or zero-shot ones.
+
+        Raises an ``EngineError`` on any failure.
+        """
         runtime = self.runtime(name)
         self._check_ready(runtime)
+        # The instances this request uses, taken now: a watchdog restart may replace them while
+        # it waits, and it must then fail with 503, not trip over the swap.
+        handler = runtime.handlers[0]
+        if labels is not None:
+            self._require(handler, "zero_shot")
+            labels = self.check_labels(labels)
+        else:
+            self._require(handler, "classify")
+        top_k = top_k or runtime.config.top_k
         with self.metrics.in_flight.labels(name).track_inprogress():
-            return await self._infer(runtime, data, top_k=top_k, deadline=deadline, request_id=request_id)
+            if labels is None:
+                run = await self._run_image(runtime, handler, data, deadline, request_id)
+                body = handler.postprocess(run.output, top_k=top_k)
+            else:
+                run, label_embeddings = await _both(
+                    self._run_image(runtime, handler, data, deadline, request_id),
+                    self._label_embeddings(runtime, handler, labels, deadline, request_id),
+                )
+                body = handler.rank_labels(run.output, label_embeddings, labels, top_k=top_k)
+        return Prediction(
+            model=name,
+            model_version=runtime.config.version,
+            body=body,
+            preprocess_s=run.preprocess_s,
+            queue_s=run.queue_s,
+            inference_s=run.inference_s,
+            batch_size=run.batch_size,
+        )
+
+    async def embed(
+        self,
+        name: str,
+        *,
+        images: Sequence[bytes] = (),
+        texts: Sequence[str] = (),
+        deadline: float,
+        request_id: str = "-",
+    ) -> Embeddings:
+        """L2-normalised embeddings of several images or several texts (not both).
+
+        Each input is queued on its own, so a request's inputs batch with everybody else's.
+        """
+        if bool(images) == bool(texts):
+            raise InvalidInput("give images or texts to embed (one kind per request)")
+        count = len(images) or len(texts)
+        if count > self.text_limits.max_items:
+            raise InvalidInput(f"{count} inputs in one request; the limit is {self.text_limits.max_items}")
+        runtime = self.runtime(name)
+        self._check_ready(runtime)
+        handler = runtime.handlers[0]
+        modality: Modality = "image" if images else "text"
+        self._require(handler, "embed_image" if images else "embed_text")
+        with self.metrics.in_flight.labels(name).track_inprogress():
+            if images:
+                runs = await _gather_or_cancel(
+                    *(self._run_image(runtime, handler, d, deadline, request_id) for d in images)
+                )
+                vectors = [handler.embed(run.output) for run in runs]
+            else:
+                checked = [self._check_text(text, "text") for text in texts]
+                runs = await _gather_or_cancel(
+                    *(self._run_text(runtime, handler, [t], deadline, request_id) for t in checked)
+                )
+                vectors = [run.output for run in runs]
+        return Embeddings(
+            model=name,
+            model_version=runtime.config.version,
+            modality=modality,
+            vectors=vectors,
+            preprocess_s=max(run.preprocess_s for run in runs),
+            queue_s=max(run.queue_s for run in runs),
+            inference_s=max(run.inference_s for run in runs),
+            batch_sizes=[run.batch_size for run in runs],
+        )
+
+    # -- input checks ------------------------------------------------------------------------
 
     def _check_ready(self, runtime: ModelRuntime) -> None:
         if self._draining:
@@ -324,42 +419,106 @@ class InferenceService:
         if not runtime.ready:
             raise ModelNotReady(f"model {runtime.name} is not ready: {runtime.not_ready_reason()}")
 
-    async def _infer(
-        self, runtime: ModelRuntime, data: bytes, *, top_k: int | None, deadline: float, request_id: str
-    ) -> Prediction:
-        name = runtime.name
-        # The instances this request uses, taken now: a watchdog restart may replace them while
-        # it waits, and it must then fail with 503, not trip over the swap.
-        handler = runtime.handlers[0]
+    @staticmethod
+    def _require(handler: ModelHandler[Any, Any], task: Task) -> None:
+        if task not in handler.tasks():
+            what = {
+                "classify": "classification without labels (send 'labels' for zero-shot)",
+                "zero_shot": "zero-shot labels",
+                "embed_image": "image embeddings",
+                "embed_text": "text embeddings",
+            }[task]
+            raise handler._unsupported(what)
+
+    def _check_text(self, text: object, what: str) -> str:
+        if not isinstance(text, str) or not text.strip():
+            raise InvalidInput(f"each {what} must be a non-empty string")
+        if len(text) > self.text_limits.max_chars:
+            raise InvalidInput(
+                f"a {what} of {len(text)} characters is longer than the limit of {self.text_limits.max_chars}"
+            )
+        return text
+
+    def check_labels(self, labels: Sequence[str]) -> list[str]:
+        """Zero-shot labels as given, refused (422) when empty, too many, too long or repeated."""
+        if not labels:
+            raise InvalidInput("'labels' must name at least one label")
+        if len(labels) > self.text_limits.max_labels:
+            raise InvalidInput(f"{len(labels)} labels; the limit is {self.text_limits.max_labels}")
+        checked = [self._check_text(label, "label") for label in labels]
+        if len(set(checked)) != len(checked):
+            raise InvalidInput("'labels' must not repeat a label")
+        return checked
+
+    # -- running inputs through the batchers --------------------------------------------------
+
+    async def _run_image(
+        self, runtime: ModelRuntime, handler: ModelHandler[Any, Any], data: bytes, deadline: float,
+        request_id: str,
+    ) -> _Run:  # fmt: skip
         started = time.monotonic()
         with self._tracer.start_as_current_span("decode"):
             item = await self._in_pool(_prepare, handler, data, self.limits)
         preprocess_s = time.monotonic() - started
-        self.metrics.preprocess_duration.labels(name).observe(preprocess_s)
+        self.metrics.preprocess_duration.labels(runtime.name).observe(preprocess_s)
+        return await self._submit(runtime, "image", item, preprocess_s, deadline, request_id)
+
+    async def _run_text(
+        self, runtime: ModelRuntime, handler: ModelHandler[Any, Any], prompts: list[str], deadline: float,
+        request_id: str,
+    ) -> _Run:  # fmt: skip
+        started = time.monotonic()
+        with self._tracer.start_as_current_span("tokenize"):
+            item = await self._in_pool(handler.preprocess_text, prompts)
+        preprocess_s = time.monotonic() - started
+        return await self._submit(runtime, "text", item, preprocess_s, deadline, request_id)
+
+    async def _label_embeddings(
+        self, runtime: ModelRuntime, handler: ModelHandler[Any, Any], labels: list[str], deadline: float,
+        request_id: str,
+    ) -> Embedding:  # fmt: skip
+        async def compute(label: str) -> Embedding:
+            run = await self._run_text(runtime, handler, handler.label_prompts(label), deadline, request_id)
+            embedding: Embedding = run.output
+            return embedding
+
+        assert runtime.label_cache is not None  # zero-shot models get one when they start
+        return await runtime.label_cache.embeddings(labels, compute)
+
+    async def _submit(
+        self, runtime: ModelRuntime, modality: Modality, item: Any, preprocess_s: float, deadline: float,
+        request_id: str,
+    ) -> _Run:  # fmt: skip
         self._check_ready(runtime)
-        assert runtime.batcher is not None  # ready implies a running batcher
+        batcher = runtime.batchers[modality]  # ready implies running batchers
         request_span = trace.get_current_span().get_span_context()
         enqueued_ns = time.time_ns()
-        future = runtime.batcher.submit(
-            item, deadline=deadline, request_id=request_id, span_context=request_span
-        )
+        future = batcher.submit(item, deadline=deadline, request_id=request_id, span_context=request_span)
         remaining = deadline - time.monotonic()
         try:
             result: BatchResult[Any] = await asyncio.wait_for(future, timeout=max(remaining, 0.0))
         except TimeoutError:
-            raise DeadlineExceeded(f"no answer within the request deadline ({name})") from None
+            raise DeadlineExceeded(f"no answer within the request deadline ({runtime.name})") from None
         self._record_batch_spans(enqueued_ns, result)
-        config = runtime.config
-        body = handler.postprocess(result.output, top_k=top_k or config.top_k)
-        return Prediction(
-            model=name,
-            model_version=config.version,
-            body=body,
-            preprocess_s=preprocess_s,
-            queue_s=result.queue_s,
-            inference_s=result.inference_s,
-            batch_size=result.batch_size,
-        )
+        return _Run(result.output, preprocess_s, result.queue_s, result.inference_s, result.batch_size)
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Await two things concurrently; on the first failure cancel the other."""
+    a, b = await _gather_or_cancel(first, second)
+    return a, b
+
+
+async def _gather_or_cancel(*work: Awaitable[Any]) -> list[Any]:
+    """Await all of ``work`` in order; on the first failure cancel the rest (they would be wasted)."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _prepare(handler: ModelHandler[Any, Any], data: bytes, limits: ImageLimits) -> Any:
@@ -377,3 +536,7 @@ def _canary(handler: ModelHandler[Any, Any]) -> None:
         raise ModelLoadError(f"canary inference returned {len(outputs)} outputs for 1 input")
     if isinstance(outputs[0], BaseException):
         raise ModelLoadError(f"canary inference failed: {type(outputs[0]).__name__}: {outputs[0]}")
+    if handler.tasks() & {"embed_text", "zero_shot"}:
+        (text,) = handler.predict_text([handler.preprocess_text(["a photo"])])
+        if isinstance(text, BaseException):
+            raise ModelLoadError(f"canary text inference failed: {type(text).__name__}: {text}")

@@ -54,6 +54,12 @@ class ServerSettings(_Section):
     """On shutdown, how long queued and running requests may take to finish."""
     default_model: str | None = None
     """Model served by ``POST /predict``; unset means the first model in name order."""
+    max_items_per_request: int = Field(64, ge=1, le=4096)
+    """Images or texts one embedding request may carry; each is batched like a single request."""
+    max_labels_per_request: int = Field(256, ge=1, le=10_000)
+    """Zero-shot labels one request may bring."""
+    max_text_chars: int = Field(2000, ge=1, le=1_000_000)
+    """Longest accepted text or label, in characters (the model truncates to its own context)."""
 
 
 class BatchingSettings(_Section):

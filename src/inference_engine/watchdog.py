@@ -21,7 +21,7 @@ def diagnose(runtime: ModelRuntime, max_forward_s: float) -> tuple[str, str] | N
     """``(kind, reason)`` when a ready model is unhealthy, else ``None``."""
     if runtime.state is not ModelState.READY:
         return None
-    if runtime.batcher is None or not runtime.batcher.alive:
+    if not runtime.alive:
         return "loop_died", "its batch loop ended"
     for worker in runtime.workers:
         busy = worker.busy_for

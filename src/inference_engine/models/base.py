@@ -103,6 +103,8 @@ class ModelConfig(BaseModel):
     """Overrides ``batching.max_batch_delay_ms`` for this model."""
     max_queue_size: int | None = Field(None, ge=1)
     """Overrides ``batching.max_queue_size`` for this model."""
+    label_cache_size: int = Field(1024, ge=0, le=1_000_000)
+    """Zero-shot models: label embeddings kept for labels that requests bring (LRU; 0 keeps none)."""
     intra_op_threads: int | None = Field(None, ge=1, le=256)
     """Threads one forward pass may use (torch intra-op, ONNX Runtime intra-op); null: one per core."""
     instances: int = Field(1, ge=1, le=64)

@@ -135,7 +135,7 @@ async def test_json_bodies_carry_base64_or_data_uris(client: httpx.AsyncClient) 
     ("body", "message"),
     [
         (b'{"image": "not base64!!"}', "not valid base64"),
-        (b'{"image": 5}', "must be a base64 string"),
+        (b'{"image": 5}', "must be base64 text"),
         (b'{"url": "http://example.com/cat.jpg"}', "does not fetch image URLs"),
         (b'{"url": 7}', "'url' must be a string"),
         (b'{"image": "", "url": ""}', "exactly one"),
