@@ -22,7 +22,7 @@ from inference_engine.errors import ConfigError
 from inference_engine.imaging import ImageLimits
 from inference_engine.logging import configure_logging
 from inference_engine.metrics import Metrics
-from inference_engine.models.loader import scan_repository
+from inference_engine.models.loader import ModelSpec, scan_repository
 from inference_engine.service import InferenceService, TextLimits
 from inference_engine.settings import Settings
 from inference_engine.tracing import build_tracer_provider, get_tracer
@@ -57,6 +57,13 @@ def build_app(
     metrics = metrics or Metrics()
     tracer_provider = tracer_provider or build_tracer_provider(settings.tracing)
     specs, broken = scan_repository(settings.model_repository, settings.batching, settings.models or None)
+    if not settings.models:
+        specs, skipped = split_absent_weights(specs)
+        for name, reason in skipped.items():
+            logger.warning(
+                "model not served: its weights are absent (serve it by name to see it fail)",
+                extra={"model": name, "reason": reason},
+            )
     images = settings.images
     service = InferenceService(
         specs,
@@ -79,6 +86,23 @@ def build_app(
         tracer=get_tracer(tracer_provider),
     )
     return create_app(settings, service, metrics, tracer_provider)
+
+
+def split_absent_weights(specs: list[ModelSpec]) -> tuple[list[ModelSpec], dict[str, str]]:
+    """The models whose weights are here, and why each of the others is left out.
+
+    The default served set is what can serve on this machine; asking for a model by name
+    (``--model``, ``IE_MODELS``) loads it regardless, so its absence is reported as a failure.
+    """
+    present: list[ModelSpec] = []
+    skipped: dict[str, str] = {}
+    for spec in specs:
+        reason = spec.handler_class.weights_missing(spec.config, spec.directory)
+        if reason is None:
+            present.append(spec)
+        else:
+            skipped[spec.name] = reason
+    return present, skipped
 
 
 def serve(settings: Settings) -> int:

@@ -122,6 +122,16 @@ class ModelHandler(ABC, Generic[ItemT, OutputT]):
         self.config = config
         self.model_dir = model_dir
 
+    @classmethod
+    def weights_missing(cls, config: ModelConfig, model_dir: Path) -> str | None:
+        """Why this model's weights are not on this machine, or ``None`` when they are (or unknown).
+
+        Checked before loading, without the network: a model whose weights are absent is left
+        out of the default served set (with this reason in the log) instead of failing
+        readiness; named explicitly (``--model``), it is loaded and fails with the same reason.
+        """
+        return None
+
     @abstractmethod
     def load(self, device: str) -> None:
         """Load weights onto ``device``; called once on this instance's own thread."""
