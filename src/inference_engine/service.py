@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from opentelemetry import trace
-from PIL import Image
 
-from inference_engine.batching import BatchResult, DynamicBatcher, ModelWorker
+from inference_engine.batching import BatchResult
 from inference_engine.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -31,7 +30,6 @@ from inference_engine.errors import (
     ShuttingDown,
 )
 from inference_engine.imaging import ImageLimits, decode_image
-from inference_engine.labelcache import LabelEmbeddingCache
 from inference_engine.metrics import Metrics
 from inference_engine.models.base import Embedding, ModelHandler, Task
 from inference_engine.models.loader import BrokenModel, ModelSpec
@@ -148,75 +146,7 @@ class InferenceService:
 
     async def _load_all(self) -> None:
         pending = [r for r in self.runtimes.values() if r.state is ModelState.PENDING]
-        await asyncio.gather(*(self._load(runtime) for runtime in pending))
-
-    async def _load(self, runtime: ModelRuntime) -> None:
-        assert runtime.spec is not None
-        config = runtime.spec.config
-        runtime.state = ModelState.LOADING
-        started = time.monotonic()
-        try:
-            for index in range(config.instances):
-                worker = ModelWorker(f"model-{runtime.name}-{index}")
-                runtime.workers.append(worker)
-                handler = runtime.spec.handler_class(config, runtime.spec.directory)
-                await worker.call(handler.load, config.device)
-                runtime.handlers.append(handler)
-            runtime.load_seconds = time.monotonic() - started
-            warm_started = time.monotonic()
-            await asyncio.gather(
-                *(w.call(h.warmup) for w, h in zip(runtime.workers, runtime.handlers, strict=True))
-            )
-            runtime.warmup_seconds = time.monotonic() - warm_started
-            await asyncio.gather(
-                *(w.call(_canary, h) for w, h in zip(runtime.workers, runtime.handlers, strict=True))
-            )
-        except Exception as exc:
-            message = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
-            runtime.state, runtime.error = ModelState.FAILED, message
-            self.metrics.model_load_failures.labels(runtime.name).inc()
-            self.metrics.model_ready.labels(runtime.name).set(0)
-            logger.error(
-                "model failed to load",
-                exc_info=not isinstance(exc, ModelLoadError),
-                extra={"model": runtime.name, "error": message},
-            )
-            await self._release(runtime)
-            return
-        self._start_batchers(runtime)
-        runtime.state = ModelState.READY
-        self.metrics.model_load_seconds.labels(runtime.name).set(runtime.load_seconds)
-        self.metrics.model_warmup_seconds.labels(runtime.name).set(runtime.warmup_seconds)
-        self.metrics.model_ready.labels(runtime.name).set(1)
-        logger.info(
-            "model ready",
-            extra={"model": runtime.name, "load_ms": round(runtime.load_seconds * 1000, 1),
-                   "warmup_ms": round(runtime.warmup_seconds * 1000, 1), "instances": config.instances},
-        )  # fmt: skip
-
-    def _start_batchers(self, runtime: ModelRuntime) -> None:
-        """An image batcher for every model; a text batcher on the same threads for text towers."""
-        pairs = list(zip(runtime.workers, runtime.handlers, strict=True))
-        runtime.batchers["image"] = DynamicBatcher(
-            runtime.name, runtime.policy(), [(w, h.predict) for w, h in pairs], self.metrics, self._tracer
-        )
-        tasks = runtime.handlers[0].tasks()
-        if tasks & {"embed_text", "zero_shot"}:
-            # Its own metric label, so queue depth and batch sizes of the two kinds stay apart.
-            runtime.batchers["text"] = DynamicBatcher(
-                f"{runtime.name}:text",
-                runtime.policy(),
-                [(w, h.predict_text) for w, h in pairs],
-                self.metrics,
-                self._tracer,
-            )
-        if "zero_shot" in tasks and runtime.label_cache is None:
-            # Kept across watchdog restarts: the same weights give the same label embeddings.
-            runtime.label_cache = LabelEmbeddingCache(
-                runtime.name, runtime.config.label_cache_size, self.metrics
-            )
-        for batcher in runtime.batchers.values():
-            batcher.start()
+        await asyncio.gather(*(r.load(self.metrics, self._tracer) for r in pending))
 
     async def restart(self, runtime: ModelRuntime, reason: str, kind: str) -> None:
         """Take a model out of service at once, fail its queued work with 503, and reload it.
@@ -238,7 +168,7 @@ class InferenceService:
             worker.close()
         runtime.workers.clear()
         runtime.handlers.clear()
-        await self._load(runtime)
+        await runtime.load(self.metrics, self._tracer)
 
     def begin_shutdown(self) -> None:
         """Refuse new work from now on (``/ready`` turns 503); queued work still runs.
@@ -267,19 +197,8 @@ class InferenceService:
             if runtime.state is ModelState.READY:
                 runtime.state = ModelState.STOPPED
                 self.metrics.model_ready.labels(runtime.name).set(0)
-            await self._release(runtime)
+            await runtime.release()
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-    async def _release(self, runtime: ModelRuntime) -> None:
-        for worker, handler in zip(runtime.workers, runtime.handlers, strict=False):
-            try:
-                await worker.call(handler.unload)
-            except Exception:
-                logger.exception("unload failed", extra={"model": runtime.name})
-        for worker in runtime.workers:
-            worker.close()
-        runtime.workers.clear()
-        runtime.handlers.clear()
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -525,18 +444,3 @@ def _prepare(handler: ModelHandler[Any, Any], data: bytes, limits: ImageLimits) 
     """Decode and pre-process one request with ``handler`` (worker pool thread)."""
     image = decode_image(data, limits, min_side=handler.decode_min_side())
     return handler.preprocess(image)
-
-
-def _canary(handler: ModelHandler[Any, Any]) -> None:
-    """One inference through preprocess and predict; readiness waits for it to succeed."""
-    side = max(handler.decode_min_side() or 64, 32)
-    image = Image.new("RGB", (side, side), (127, 127, 127))
-    outputs = handler.predict([handler.preprocess(image)])
-    if len(outputs) != 1:
-        raise ModelLoadError(f"canary inference returned {len(outputs)} outputs for 1 input")
-    if isinstance(outputs[0], BaseException):
-        raise ModelLoadError(f"canary inference failed: {type(outputs[0]).__name__}: {outputs[0]}")
-    if handler.tasks() & {"embed_text", "zero_shot"}:
-        (text,) = handler.predict_text([handler.preprocess_text(["a photo"])])
-        if isinstance(text, BaseException):
-            raise ModelLoadError(f"canary text inference failed: {type(text).__name__}: {text}")
