@@ -60,6 +60,8 @@ class ServerSettings(_Section):
     """Zero-shot labels one request may bring."""
     max_text_chars: int = Field(2000, ge=1, le=1_000_000)
     """Longest accepted text or label, in characters (the model truncates to its own context)."""
+    playground: bool = True
+    """Serve the browser playground at ``/`` and ``/playground`` (off in the prod config)."""
 
 
 class BatchingSettings(_Section):
