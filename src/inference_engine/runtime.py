@@ -24,6 +24,7 @@ from inference_engine.labelcache import LabelEmbeddingCache
 from inference_engine.metrics import Metrics
 from inference_engine.models.base import ModelConfig, ModelHandler
 from inference_engine.models.loader import ModelSpec
+from inference_engine.stats import ModelStatistics
 
 logger = logging.getLogger("inference_engine.service")
 
@@ -51,6 +52,7 @@ class ModelRuntime:
     workers: list[ModelWorker] = field(default_factory=list)
     batchers: dict[Modality, DynamicBatcher[Any, Any]] = field(default_factory=dict)
     label_cache: LabelEmbeddingCache | None = None
+    stats: ModelStatistics = field(default_factory=ModelStatistics)
     load_seconds: float | None = None
     warmup_seconds: float | None = None
     restarts: int = 0
@@ -142,7 +144,12 @@ class ModelRuntime:
         """An image batcher for every model; a text batcher on the same threads for text towers."""
         pairs = list(zip(self.workers, self.handlers, strict=True))
         self.batchers["image"] = DynamicBatcher(
-            self.name, self.policy(), [(w, h.predict) for w, h in pairs], metrics, tracer
+            self.name,
+            self.policy(),
+            [(w, h.predict) for w, h in pairs],
+            metrics,
+            tracer,
+            on_batch=self.stats.record_batch,
         )
         tasks = self.handlers[0].tasks()
         if tasks & {"embed_text", "zero_shot"}:
@@ -153,6 +160,7 @@ class ModelRuntime:
                 [(w, h.predict_text) for w, h in pairs],
                 metrics,
                 tracer,
+                on_batch=self.stats.record_batch,
             )
         if "zero_shot" in tasks and self.label_cache is None:
             # Kept across watchdog restarts: the same weights give the same label embeddings.

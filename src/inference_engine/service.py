@@ -8,16 +8,19 @@ decodes images, and start-up / shutdown. Any transport (REST today, others later
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+import numpy as np
+import numpy.typing as npt
 from opentelemetry import trace
 
 from inference_engine.batching import BatchResult
@@ -35,7 +38,7 @@ from inference_engine.models.base import Embedding, ModelHandler, Task
 from inference_engine.models.loader import BrokenModel, ModelSpec
 from inference_engine.runtime import Modality, ModelRuntime, ModelState
 
-__all__ = ["Embeddings", "InferenceService", "ModelRuntime", "ModelState", "Prediction", "TextLimits"]
+__all__ = ["Embeddings", "InferenceService", "ModelRuntime", "ModelState", "Prediction", "Rows", "TextLimits"]
 
 logger = logging.getLogger("inference_engine.service")
 
@@ -73,6 +76,21 @@ class Embeddings:
     @property
     def dimension(self) -> int:
         return int(self.vectors[0].shape[0]) if self.vectors else 0
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Raw outputs for the inputs of one request, in order, and the handler that made them."""
+
+    model: str
+    model_version: str
+    modality: Modality
+    handler: ModelHandler[Any, Any]
+    outputs: list[Any]
+    preprocess_s: float
+    queue_s: float
+    inference_s: float
+    batch_sizes: list[int]
 
 
 @dataclass(frozen=True)
@@ -264,7 +282,7 @@ class InferenceService:
         else:
             self._require(handler, "classify")
         top_k = top_k or runtime.config.top_k
-        with self.metrics.in_flight.labels(name).track_inprogress():
+        with self._accounted(runtime):
             if labels is None:
                 run = await self._run_image(runtime, handler, data, deadline, request_id)
                 body = handler.postprocess(run.output, top_k=top_k)
@@ -293,42 +311,87 @@ class InferenceService:
         deadline: float,
         request_id: str = "-",
     ) -> Embeddings:
-        """L2-normalised embeddings of several images or several texts (not both).
+        """L2-normalised embeddings of several images or several texts (not both)."""
+        rows = await self.run_rows(
+            name, images=images, texts=texts, deadline=deadline, request_id=request_id, task="embed"
+        )
+        vectors = [rows.handler.embed(o) for o in rows.outputs] if images else list(rows.outputs)
+        return Embeddings(
+            model=name,
+            model_version=rows.model_version,
+            modality=rows.modality,
+            vectors=vectors,
+            preprocess_s=rows.preprocess_s,
+            queue_s=rows.queue_s,
+            inference_s=rows.inference_s,
+            batch_sizes=rows.batch_sizes,
+        )
 
-        Each input is queued on its own, so a request's inputs batch with everybody else's.
+    async def run_rows(
+        self,
+        name: str,
+        *,
+        images: Sequence[bytes] = (),
+        tensors: Sequence[npt.NDArray[np.float32]] = (),
+        texts: Sequence[str] = (),
+        deadline: float,
+        request_id: str = "-",
+        task: Literal["classify", "embed", "any"] = "any",
+    ) -> Rows:
+        """Raw outputs for several inputs of one kind, in order (the V2 protocol's batch rows).
+
+        Each input is queued on its own, so a request's rows batch with everybody else's and a
+        4-row request may share one forward pass with three single-image requests.
         """
-        if bool(images) == bool(texts):
-            raise InvalidInput("give images or texts to embed (one kind per request)")
-        count = len(images) or len(texts)
+        kinds = [kind for kind in (images, tensors, texts) if kind]
+        if len(kinds) != 1:
+            raise InvalidInput("give images, tensors or texts (one kind per request)")
+        count = len(kinds[0])
         if count > self.text_limits.max_items:
             raise InvalidInput(f"{count} inputs in one request; the limit is {self.text_limits.max_items}")
         runtime = self.runtime(name)
         self._check_ready(runtime)
         handler = runtime.handlers[0]
-        modality: Modality = "image" if images else "text"
-        self._require(handler, "embed_image" if images else "embed_text")
-        with self.metrics.in_flight.labels(name).track_inprogress():
+        modality: Modality = "text" if texts else "image"
+        if texts:
+            self._require(handler, "embed_text")
+        elif task == "embed":
+            self._require(handler, "embed_image")
+        elif task == "classify":
+            self._require(handler, "classify")
+        with self._accounted(runtime):
             if images:
-                runs = await _gather_or_cancel(
-                    *(self._run_image(runtime, handler, d, deadline, request_id) for d in images)
-                )
-                vectors = [handler.embed(run.output) for run in runs]
+                work = [self._run_image(runtime, handler, d, deadline, request_id) for d in images]
+            elif tensors:
+                items = [handler.tensor_item(row) for row in tensors]
+                work = [self._submit(runtime, "image", i, 0.0, deadline, request_id) for i in items]
             else:
                 checked = [self._check_text(text, "text") for text in texts]
-                runs = await _gather_or_cancel(
-                    *(self._run_text(runtime, handler, [t], deadline, request_id) for t in checked)
-                )
-                vectors = [run.output for run in runs]
-        return Embeddings(
+                work = [self._run_text(runtime, handler, [t], deadline, request_id) for t in checked]
+            runs = await _gather_or_cancel(*work)
+        return Rows(
             model=name,
             model_version=runtime.config.version,
             modality=modality,
-            vectors=vectors,
+            handler=handler,
+            outputs=[run.output for run in runs],
             preprocess_s=max(run.preprocess_s for run in runs),
             queue_s=max(run.queue_s for run in runs),
             inference_s=max(run.inference_s for run in runs),
             batch_sizes=[run.batch_size for run in runs],
         )
+
+    @contextlib.contextmanager
+    def _accounted(self, runtime: ModelRuntime) -> Iterator[None]:
+        """Count the request as in flight, and its outcome in the model's statistics."""
+        started = time.monotonic()
+        ok = False
+        try:
+            with self.metrics.in_flight.labels(runtime.name).track_inprogress():
+                yield
+            ok = True
+        finally:
+            runtime.stats.record_request(time.monotonic() - started, ok)
 
     # -- input checks ------------------------------------------------------------------------
 

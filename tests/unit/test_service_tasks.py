@@ -150,9 +150,9 @@ async def test_what_a_model_cannot_do_is_a_400(service: Served) -> None:
 
 async def test_embed_input_bounds(service: Served) -> None:
     svc, _ = service
-    with pytest.raises(InvalidInput, match="images or texts"):
-        await svc.embed("colours", deadline=deadline())
-    with pytest.raises(InvalidInput, match="images or texts"):
+    with pytest.raises(InvalidInput, match="one kind per request"):
+        await svc.embed("colours", deadline=deadline())  # nothing
+    with pytest.raises(InvalidInput, match="one kind per request"):
         await svc.embed("colours", images=[RED], texts=["red"], deadline=deadline())
     with pytest.raises(InvalidInput, match="limit is 4"):
         await svc.embed("colours", texts=["red"] * 5, deadline=deadline())

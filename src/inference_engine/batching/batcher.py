@@ -74,8 +74,10 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         instances: Sequence[tuple[ModelWorker, PredictFn[ItemT, OutputT]]],
         metrics: Metrics,
         tracer: trace.Tracer | None = None,
+        on_batch: Callable[[int, float, list[float]], None] | None = None,
     ) -> None:
         self.model = model
+        self._on_batch = on_batch  # (batch size, forward-pass seconds, each input's queue wait)
         self.policy = policy
         self._tracer = tracer or trace.NoOpTracer()
         self._instances = list(instances)
@@ -235,6 +237,8 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         elapsed = time.monotonic() - started
         self._metrics.inference_duration.labels(self.model).observe(elapsed)
         self._metrics.batch_size.labels(self.model).observe(len(batch))
+        if self._on_batch is not None:
+            self._on_batch(len(batch), elapsed, waits)
         rate = len(batch) / elapsed if elapsed > 0 else 0.0
         self._throughput = rate if self._throughput == 0 else 0.8 * self._throughput + 0.2 * rate
         logger.info(

@@ -32,7 +32,7 @@ import numpy.typing as npt
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inference_engine.errors import UnsupportedTask
+from inference_engine.errors import InvalidInput, UnsupportedTask
 
 ItemT = TypeVar("ItemT")
 OutputT = TypeVar("OutputT")
@@ -174,6 +174,23 @@ class ModelHandler(ABC, Generic[ItemT, OutputT]):
     def tasks(self) -> frozenset[Task]:
         """What this model answers; the routes refuse the rest with 400 ``unsupported_task``."""
         return frozenset({"classify"})
+
+    accepts_tensors: bool = False
+    """True where one model input is exactly the pre-processed ``[3, crop, crop]`` float array
+    (``[crop, crop, 3]`` for NHWC), so clients may send tensors instead of encoded images."""
+
+    def tensor_item(self, row: npt.NDArray[np.float32]) -> ItemT:
+        """One pre-processed input sent as a tensor (V2 ``FP32``), checked against the input size."""
+        if not self.accepts_tensors:
+            raise self._unsupported("pre-processed tensors (send encoded images)")
+        size = self.config.preprocessing.crop
+        expected = (size, size, 3) if self.config.preprocessing.layout == "nhwc" else (3, size, size)
+        if tuple(row.shape) != expected:
+            raise InvalidInput(f"each tensor row must have shape {list(expected)}, got {list(row.shape)}")
+        if not np.isfinite(row).all():
+            raise InvalidInput("the tensor holds NaN or infinite values")
+        item: ItemT = np.ascontiguousarray(row, dtype=np.float32)  # type: ignore[assignment]
+        return item
 
     def embed(self, output: OutputT) -> Embedding:
         """The embedding of one image output (task ``embed_image``), L2-normalised."""
