@@ -1,6 +1,7 @@
 """The one place where errors become HTTP responses.
 
-Every error body is ``{"error": {"type", "message", "request_id"}}``. Engine errors carry their
+Every error body is ``{"error": {"type", "message", "request_id"}}``, except under ``/v2``, where
+the Open Inference Protocol's clients expect ``{"error": "<message>"}``. Engine errors carry their
 own status and headers; FastAPI's validation errors and Starlette's HTTP errors are reshaped to
 the same body; anything else is a 500 whose stack goes to the log and never to the client.
 """
@@ -19,6 +20,8 @@ from inference_engine.errors import EngineError
 from inference_engine.logging import current_request
 
 logger = logging.getLogger("inference_engine.api")
+
+V2_PREFIX = "/v2"
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -42,7 +45,9 @@ def error_response(
     request_id = ctx.request_id if ctx is not None else None
     if ctx is not None:
         ctx.extra["error"] = code
-    body = {"error": {"type": code, "message": message, "request_id": request_id}}
+    body: dict[str, Any] = {"error": {"type": code, "message": message, "request_id": request_id}}
+    if ctx is not None and str(ctx.extra.get("path", "")).startswith(V2_PREFIX):
+        body = {"error": message}  # the Open Inference Protocol's error shape
     return JSONResponse(body, status_code=status, headers=headers)
 
 

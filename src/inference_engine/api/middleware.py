@@ -33,6 +33,9 @@ _SECURITY_HEADERS = [
 # The interactive API docs load Swagger UI / ReDoc scripts; everything else is data.
 _CSP = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'")
 _CSP_EXEMPT = ("/docs", "/redoc")
+# A response may set these two itself (the playground page's own CSP, its assets' revalidation);
+# the defaults above fill in only what it left unset. The other security headers always apply.
+_OWN_HEADERS = frozenset({b"cache-control", b"content-security-policy"})
 
 
 def incoming_request_id(headers: list[tuple[bytes, bytes]]) -> str:
@@ -59,6 +62,7 @@ class RequestContextMiddleware:
         started = time.monotonic()
         ctx = RequestContext(request_id=incoming_request_id(scope["headers"]))
         ctx.extra["started"] = started
+        ctx.extra["path"] = scope["path"]
         token = current_request.set(ctx)
         status = 500
         response_started = False
@@ -70,8 +74,9 @@ class RequestContextMiddleware:
                 response_started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", ctx.request_id.encode("latin-1")))
-                headers.extend(_SECURITY_HEADERS)
-                if not scope["path"].startswith(_CSP_EXEMPT):
+                own = {key.lower() for key, _ in headers if key.lower() in _OWN_HEADERS}
+                headers.extend(h for h in _SECURITY_HEADERS if h[0] not in own)
+                if not scope["path"].startswith(_CSP_EXEMPT) and _CSP[0] not in own:
                     headers.append(_CSP)
                 message = {**message, "headers": headers}
             await send(message)

@@ -147,7 +147,7 @@ async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
 TIMEOUT_HEADER = "x-request-timeout-ms"
 
 
-def _loop_time(monotonic_deadline: float) -> float:
+def loop_time(monotonic_deadline: float) -> float:
     """Convert a ``time.monotonic()`` deadline to the event loop's clock."""
     return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())
 
@@ -213,7 +213,7 @@ def build_router(
     ) -> dict[str, Any]:
         ctx, name, started, deadline = begin(name, request)
         try:
-            async with asyncio.timeout_at(_loop_time(deadline)):
+            async with asyncio.timeout_at(loop_time(deadline)):
                 body = await read_image_request(request, settings.server.max_body_bytes, fetcher)
         except TimeoutError:
             raise DeadlineExceeded("the image did not arrive within the request deadline") from None
@@ -259,7 +259,7 @@ def build_router(
         ctx, name, started, deadline = begin(name, request)
         server = settings.server
         try:
-            async with asyncio.timeout_at(_loop_time(deadline)):
+            async with asyncio.timeout_at(loop_time(deadline)):
                 body = await read_embed_request(request, server.max_body_bytes, server.max_items_per_request)
         except TimeoutError:
             raise DeadlineExceeded("the inputs did not arrive within the request deadline") from None

@@ -192,6 +192,17 @@ class ModelHandler(ABC, Generic[ItemT, OutputT]):
         item: ItemT = np.ascontiguousarray(row, dtype=np.float32)  # type: ignore[assignment]
         return item
 
+    def scores(self, output: OutputT) -> Embedding:
+        """Class probabilities of one image output, aligned with :meth:`labels` (task ``classify``).
+
+        The default fits handlers whose outputs are already the probability vector (every
+        built-in classifier); the V2 protocol's ``probabilities`` output and its classification
+        extension read it.
+        """
+        if "classify" not in self.tasks():
+            raise self._unsupported("class probabilities")
+        return np.asarray(output, dtype=np.float32)
+
     def embed(self, output: OutputT) -> Embedding:
         """The embedding of one image output (task ``embed_image``), L2-normalised."""
         raise self._unsupported("image embeddings")
