@@ -9,7 +9,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -42,6 +42,8 @@ def top_k_predictions(probabilities: Array, labels: Sequence[str], top_k: int) -
 
 class TorchImageClassifier(ModelHandler[Array, Array]):
     """A torch module mapping ``[N, 3, H, W]`` to ``[N, classes]`` logits."""
+
+    accepts_tensors = True
 
     def __init__(self, config: Any, model_dir: Path) -> None:
         super().__init__(config, model_dir)
@@ -91,6 +93,15 @@ class TorchImageClassifier(ModelHandler[Array, Array]):
         self.module = None
         if self.placement is not None and self.placement.is_cuda:
             torch.cuda.empty_cache()
+
+    def onnx_export(self) -> tuple[torch.nn.Module, Literal["logits", "probabilities", "embedding"]]:
+        """The loaded network for ``inference-engine export`` (``inference_engine.export.OnnxExportable``).
+
+        It maps the stacked ``preprocess`` outputs to logits; softmax stays in the server.
+        """
+        if self.module is None:
+            raise RuntimeError("onnx_export called before load")
+        return self.module, "logits"
 
 
 class EfficientNetLiteClassifier(TorchImageClassifier):
