@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from inference_engine import __version__
-from inference_engine.api import health, routes
+from inference_engine.api import embeddings, health, playground, routes, v2
 from inference_engine.api.access import AccessControlMiddleware
 from inference_engine.api.errors import install_error_handlers
 from inference_engine.api.middleware import RequestContextMiddleware
@@ -72,10 +72,14 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.build_router(service, settings, metrics))
     app.include_router(routes.build_router(service, settings, fetcher))
+    app.include_router(v2.build_router(service, settings))
+    app.include_router(embeddings.build_router(service, settings))
     limiter = RateLimiter(settings.rate_limit) if settings.rate_limit.enabled else None
     # Added first, so it runs inside the request-context middleware (request ids on its errors).
     app.add_middleware(
         AccessControlMiddleware, auth=settings.auth, limiter=limiter, enabled_auth=settings.auth.enabled
     )
+    if settings.server.playground:  # the static page loads without a key; its API calls need one
+        app.add_middleware(playground.PublicPlaygroundMiddleware)
     app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.logging.access_log)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from fastapi import APIRouter
@@ -46,6 +47,7 @@ def _model_summary(runtime: ModelRuntime) -> dict[str, Any]:
 
 def build_router(service: InferenceService, settings: Settings, metrics: Metrics) -> APIRouter:
     router = APIRouter(tags=["operations"])
+    started = int(time.time())
 
     @router.get("/health", summary="Liveness: the process serves HTTP")
     async def health() -> dict[str, str]:
@@ -91,9 +93,18 @@ def build_router(service: InferenceService, settings: Settings, metrics: Metrics
             },
         }
 
-    @router.get("/v1/models", summary="Served models and their state")
+    @router.get("/v1/models", summary="Served models and their state (also in OpenAI's list shape)")
     async def list_models() -> dict[str, Any]:
-        return {"models": [_model_summary(r) for _, r in sorted(service.runtimes.items())]}
+        runtimes = sorted(service.runtimes.items())
+        return {
+            "models": [_model_summary(r) for _, r in runtimes],
+            # OpenAI's shape, so its clients can list what they may ask for.
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": started, "owned_by": "inference-engine"}
+                for name, _ in runtimes
+            ],
+        }
 
     @router.get("/v1/models/{name}", summary="One model: configuration, state, inputs and outputs")
     async def model_detail(name: str) -> dict[str, Any]:

@@ -105,7 +105,7 @@ async def read_embed_request(request: Request, max_bytes: int, max_items: int) -
         if not all(isinstance(text, str) for text in values):
             raise BadRequest("'texts' must be a list of strings")
         return EmbedRequest([], values)
-    return EmbedRequest([_decode_base64(value, "images") for value in values], [])
+    return EmbedRequest([decode_base64_image(value, "images") for value in values], [])
 
 
 async def _read_multipart(
@@ -172,10 +172,10 @@ async def _read_json(body: bytes, fetcher: ImageFetcher | None) -> ImageRequest:
         if fetcher is None:
             raise BadRequest("this server does not fetch image URLs (urls.enabled is false); send the image")
         return ImageRequest(await fetcher.fetch(url), labels)
-    return ImageRequest(_decode_base64(document["image"], "image"), labels)
+    return ImageRequest(decode_base64_image(document["image"], "image"), labels)
 
 
-def _decode_base64(image: object, field: str) -> bytes:
+def decode_base64_image(image: object, field: str) -> bytes:
     """An image given as base64 text or a ``data:`` URI."""
     if not isinstance(image, str):
         raise BadRequest(f"'{field}' must be base64 text")
