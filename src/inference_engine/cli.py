@@ -1,4 +1,5 @@
-"""Command line: ``serve``, ``config show``, ``config docs``, ``models list``, ``auth``.
+"""Command line: ``serve``, ``config show``, ``config docs``, ``models list``, ``export``, ``pull``,
+``predict``, ``auth``.
 
 Exit codes: 0 success, 1 runtime failure, 2 bad configuration or usage (argparse's convention).
 """
@@ -68,6 +69,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(listing)
     listing.add_argument("--model-repository", type=Path, help="folder of model folders")
+    from inference_engine import export
+
+    export.add_arguments(
+        commands.add_parser("export", help="export a torch model folder to ONNX and verify it against torch")
+    )
+    from inference_engine.client.command import add_predict_command
+
+    add_predict_command(commands)
+    from inference_engine.models.weights import add_pull_arguments
+
+    add_pull_arguments(
+        commands.add_parser("pull", help="download a Hugging Face model snapshot (CLIP, FLAVA weights)")
+    )
     auth = commands.add_parser("auth", help="API keys")
     auth_commands = auth.add_subparsers(dest="auth_command", required=True)
     auth_commands.add_parser("new-key", help="print a new random API key and the digest to configure")
@@ -153,6 +167,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     if args.command == "auth":
         return _auth(args)
+    if args.command == "export":
+        from inference_engine import export
+
+        return export.run(args)
+    if args.command == "predict":  # a client of a running server: reads no server configuration
+        from inference_engine.client.command import run_predict
+
+        return run_predict(args)
+    if args.command == "pull":  # fetches weights: reads no server configuration
+        from inference_engine.models.weights import run_pull
+
+        return run_pull(args)
     if args.command == "config" and args.config_command == "docs":
         return _config_docs()
     try:

@@ -141,6 +141,7 @@ def test_rows_of_one_request_share_forward_passes_with_single_requests(
     client: triton.InferenceServerClient, server: ServerProcess
 ) -> None:
     """A 4-image request and three single-image requests queued together run as one batch of 7."""
+
     def executions_by_size() -> dict[int, int]:
         stats = client.get_inference_statistics("slow")["model_stats"][0]
         return {b["batch_size"]: b["compute_infer"]["count"] for b in stats["batch_stats"]}

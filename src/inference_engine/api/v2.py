@@ -59,7 +59,8 @@ def _versioned(runtime: ModelRuntime, version: str | None) -> ModelRuntime:
 
 def model_metadata(runtime: ModelRuntime) -> dict[str, Any]:
     """``GET /v2/models/{m}``: the tensors this model takes and gives."""
-    config = runtime.config
+    # The handler's own copy: HF handlers resolve pre-processing from their folder at load.
+    config = runtime.handlers[0].config if runtime.handlers else runtime.config
     body: dict[str, Any] = {
         "name": runtime.name,
         "versions": [config.version],

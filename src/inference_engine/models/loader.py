@@ -20,6 +20,9 @@ from pydantic import ValidationError
 from inference_engine.errors import ModelLoadError
 from inference_engine.models.base import ModelConfig, ModelHandler
 from inference_engine.models.classifier import EfficientNetLiteClassifier, TorchScriptClassifier
+from inference_engine.models.clip import ClipHandler
+from inference_engine.models.flava import FlavaClassifier
+from inference_engine.models.onnx_backend import OnnxImageModel
 from inference_engine.settings import BatchingSettings
 
 HandlerClass = type[ModelHandler[Any, Any]]
@@ -27,6 +30,9 @@ HandlerClass = type[ModelHandler[Any, Any]]
 BUILTIN_HANDLERS: dict[str, HandlerClass] = {
     "efficientnet_lite": EfficientNetLiteClassifier,
     "torchscript": TorchScriptClassifier,
+    "clip": ClipHandler,  # Hugging Face CLIPModel folder or hub id
+    "flava_classifier": FlavaClassifier,  # FlavaModel folder or hub id + a fitted linear head
+    "onnx": OnnxImageModel,  # a plain ONNX file (implies backend: onnx)
 }
 
 MODEL_FILE = "model.yaml"
@@ -100,10 +106,15 @@ def read_config(directory: Path, defaults: BatchingSettings) -> ModelConfig:
     )
 
 
-def resolve_handler(directory: Path, handler: str) -> HandlerClass:
-    """A built-in handler by name, or ``model.py[:Class]`` from the folder; contract checked."""
+def resolve_handler(directory: Path, handler: str, backend: str = "torch") -> HandlerClass:
+    """A built-in handler by name, or ``model.py[:Class]`` from the folder; contract checked.
+
+    With ``backend: onnx`` a built-in name only names the model family: the exported graph
+    carries the architecture, so every built-in runs as :class:`OnnxImageModel`. A custom
+    ``model.py`` class is the user's own and is returned whatever the backend.
+    """
     if handler in BUILTIN_HANDLERS:
-        return BUILTIN_HANDLERS[handler]
+        return OnnxImageModel if backend == "onnx" else BUILTIN_HANDLERS[handler]
     file_name, _, class_name = handler.partition(":")
     if not file_name.endswith(".py"):
         known = ", ".join(sorted(BUILTIN_HANDLERS))
@@ -195,7 +206,8 @@ def scan_repository(
     for name, directory in sorted(folders.items()):
         try:
             config = read_config(directory, defaults)
-            specs.append(ModelSpec(directory, config, resolve_handler(directory, config.handler)))
+            handler_class = resolve_handler(directory, config.handler, config.backend)
+            specs.append(ModelSpec(directory, config, handler_class))
         except ModelLoadError as exc:
             broken.append(BrokenModel(name, directory, str(exc)))
     return specs, broken

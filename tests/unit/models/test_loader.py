@@ -34,8 +34,10 @@ def write_handler(folder: Path, source: str, name: str = "model.py") -> None:
 def test_the_default_model_folder_validates() -> None:
     specs, broken = scan_repository(ROOT / "models", DEFAULTS)
     assert broken == []
-    assert [s.name for s in specs] == ["efficientnet_lite0"]
-    spec = specs[0]
+    by_name = {s.name: s for s in specs}
+    assert {"efficientnet_lite0", "open_nsfw"} <= set(by_name)
+    assert by_name["open_nsfw"].config.backend == "onnx"
+    spec = by_name["efficientnet_lite0"]
     assert spec.handler_class is EfficientNetLiteClassifier
     assert spec.config.max_batch_size == 4  # model.yaml wins over the global default
     assert spec.config.labels == "imagenet"
