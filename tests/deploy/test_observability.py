@@ -32,7 +32,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers import ROOT, ServerProcess, cat_jpeg, encode
-from tests.repository import add_colour_model, add_model
+from tests.repository import add_colour_model, add_colour_text_model, add_model
 
 DEPLOY = ROOT / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
@@ -155,6 +155,9 @@ async def _drive(server: ServerProcess) -> None:
         good = await client.post("/v1/models/colour/predict", content=cat_jpeg())
         assert good.status_code == 200, good.text
         assert (await client.post("/predict", content=GREEN)).status_code == 200
+        for _ in range(2):  # a miss, then a hit, in the label cache
+            labelled = await client.post("/v1/models/zero_shot/predict?labels=red,green", content=GREEN)
+            assert labelled.status_code == 200
         bad = await client.post(
             "/v1/models/colour/predict",
             content=b"this is not an image",
@@ -183,6 +186,7 @@ async def _drive(server: ServerProcess) -> None:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]:
     repo = tmp_path_factory.mktemp("observability-repo")
     add_colour_model(repo, "colour")
+    add_colour_text_model(repo, "zero_shot")
     add_colour_model(repo, "poison", fail_batch_on_blue=True)
     add_colour_model(repo, "slow", delay_s=0.6, settings={"max_batch_size": 1})
     add_colour_model(repo, "hangs", hang_on_blue_s=4, settings={"max_batch_size": 1})
