@@ -37,7 +37,15 @@ GET_EXAMPLES = 20  # per operation and generation mode (most have nothing to var
 MODEL = "colour"
 REQUEST_TIMEOUT_S = 30.0
 #: ``/ready`` answers 503 with its own documented body (which models are not ready and why).
-OWN_ERROR_BODY = frozenset({"GET /ready"})
+# Readiness routes answer 503 with their own body (which models are not ready, or {"ready": false}).
+OWN_ERROR_BODY = frozenset(
+    {
+        "GET /ready",
+        "GET /v2/health/ready",
+        "GET /v2/models/{name}/ready",
+        "GET /v2/models/{name}/versions/{version}/ready",
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +63,8 @@ def asked_for_a_deadline_it_got(case: Case, response: Any) -> bool:
     headers = {k.lower(): v for k, v in (case.headers or {}).items()}
     if response.status_code != 504 or "x-request-timeout-ms" not in headers:
         return False
-    return bool(response.json()["error"]["type"] == "deadline_exceeded")
+    error = response.json()["error"]
+    return isinstance(error, str) or bool(error["type"] == "deadline_exceeded")  # V2 errors are strings
 
 
 @dataclass(frozen=True)
@@ -69,8 +78,11 @@ class Finding:
         return f"{self.target} -> {self.status}: {self.problem}\n    {self.curl}"
 
 
-def error_shape_problem(response: schemathesis.Response) -> str | None:
-    """Why an error response is not the standard JSON error body, or ``None`` when it is."""
+def error_shape_problem(response: schemathesis.Response, path: str = "") -> str | None:
+    """Why an error response is not the standard JSON error body, or ``None`` when it is.
+
+    Under ``/v2`` the standard is the Open Inference Protocol's ``{"error": "<message>"}``.
+    """
     content_type = (response.headers.get("content-type") or [""])[0]  # lowercased names, list values
     if not content_type.startswith("application/json"):
         return f"content type {content_type!r} is not JSON: {response.text[:200]!r}"
@@ -78,6 +90,11 @@ def error_shape_problem(response: schemathesis.Response) -> str | None:
         body = response.json()
     except ValueError:
         return f"the body is not JSON: {response.text[:200]!r}"
+    if path.startswith("/v2"):
+        message = body.get("error") if isinstance(body, dict) and set(body) == {"error"} else None
+        if isinstance(message, str) and message:
+            return None
+        return f"the body is not {{'error': '<message>'}}: {response.text[:300]!r}"
     if not isinstance(body, dict) or set(body) != {"error"} or not isinstance(body["error"], dict):
         return f"the body is not {{'error': {{...}}}}: {response.text[:300]!r}"
     error = body["error"]
@@ -132,7 +149,7 @@ class FuzzRun:
             title = str(exc).strip().splitlines()[0]
             note(f"not_a_server_error: {title}; body {response.text[:300]!r}")
         if response.status_code >= 400 and case.operation.label not in OWN_ERROR_BODY:
-            problem = error_shape_problem(response)
+            problem = error_shape_problem(response, case.operation.path)
             if problem is not None:
                 note(problem)
 

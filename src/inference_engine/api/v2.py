@@ -29,6 +29,7 @@ from inference_engine.api.payload import capped_stream
 from inference_engine.api.routes import loop_time, request_timeout_s, until_disconnect
 from inference_engine.api.v2codec import (
     HEADER_LENGTH,
+    NUMERIC_TYPES,
     InferenceRequest,
     InputTensor,
     OutputTensor,
@@ -171,6 +172,58 @@ def _encode(runtime: ModelRuntime, request: InferenceRequest, rows: Rows) -> Res
     )
 
 
+_TENSOR = {
+    "type": "object",
+    "required": ["name", "datatype", "shape"],
+    "properties": {
+        "name": {"type": "string"},
+        "datatype": {"type": "string", "enum": ["BYTES", *NUMERIC_TYPES]},
+        "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+        "parameters": {"type": "object"},
+        "data": {"type": "array"},
+    },
+}
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "An inference request (JSON), or with the binary tensor extension a JSON header of "
+            "Inference-Header-Content-Length bytes followed by the raw tensors."
+        ),
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["inputs"],
+                    "properties": {
+                        "id": {"type": "string"},
+                        "parameters": {"type": "object"},
+                        "inputs": {"type": "array", "items": _TENSOR, "minItems": 1},
+                        "outputs": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["name"],
+                                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+                            },
+                        },
+                    },
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    "responses": {
+        "400": {"description": 'Malformed request: {"error": "<message>"}'},
+        "404": {"description": "Unknown model or version"},
+        "422": {
+            "description": "An input the model refuses (an undecodable image, a tensor of the wrong shape)"
+        },
+        "503": {"description": "Queue full, model not ready, or shutting down (see Retry-After)"},
+    },
+}
+
+
 def build_router(service: InferenceService, settings: Settings) -> APIRouter:
     router = APIRouter(tags=["open inference protocol v2"])
 
@@ -197,27 +250,19 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
             ]
         }
 
-    @router.get("/v2/models/{name}", summary="Model metadata")
-    @router.get("/v2/models/{name}/versions/{version}", summary="Model metadata (one version)")
     async def metadata(name: str, version: str | None = None) -> dict[str, Any]:
         return model_metadata(_versioned(service.runtime(name), version))
 
-    @router.get("/v2/models/{name}/ready", summary="Model readiness")
-    @router.get("/v2/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
     async def model_ready(name: str, version: str | None = None) -> JSONResponse:
         runtime = _versioned(service.runtime(name), version)
         ok = runtime.ready and not service.draining
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
-    @router.get("/v2/models/{name}/stats", summary="Model statistics (Triton's statistics extension)")
-    @router.get("/v2/models/{name}/versions/{version}/stats", summary="Model statistics (one version)")
     async def model_stats(name: str, version: str | None = None) -> dict[str, Any]:
         runtime = _versioned(service.runtime(name), version)
         config_version = runtime.spec.config.version if runtime.spec else ""
         return {"model_stats": [runtime.stats.as_triton(name, config_version)]}
 
-    @router.post("/v2/models/{name}/infer", summary="Inference")
-    @router.post("/v2/models/{name}/versions/{version}/infer", summary="Inference (one version)")
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         ctx = current_request.get()
         assert ctx is not None
@@ -244,5 +289,38 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
         )
         ctx.batch_size = max(rows.batch_sizes)
         return _encode(runtime, decoded, rows)
+
+    # Each route twice: for the model, and for one version of it (the only one served).
+    versioned = "/v2/models/{name}/versions/{version}"
+    router.add_api_route(versioned, metadata, methods=["GET"], summary="Model metadata (one version)")
+    router.add_api_route(
+        f"{versioned}/ready", model_ready, methods=["GET"], summary="Readiness (one version)"
+    )
+    router.add_api_route(
+        f"{versioned}/stats", model_stats, methods=["GET"], summary="Statistics (one version)"
+    )
+    router.add_api_route(
+        f"{versioned}/infer",
+        infer,
+        methods=["POST"],
+        summary="Inference (one version)",
+        openapi_extra=INFER_BODY,
+    )
+
+    @router.get("/v2/models/{name}", summary="Model metadata")
+    async def metadata_latest(name: str) -> dict[str, Any]:
+        return await metadata(name)
+
+    @router.get("/v2/models/{name}/ready", summary="Model readiness")
+    async def model_ready_latest(name: str) -> JSONResponse:
+        return await model_ready(name)
+
+    @router.get("/v2/models/{name}/stats", summary="Model statistics (Triton's statistics extension)")
+    async def model_stats_latest(name: str) -> dict[str, Any]:
+        return await model_stats(name)
+
+    @router.post("/v2/models/{name}/infer", summary="Inference", openapi_extra=INFER_BODY)
+    async def infer_latest(name: str, request: Request) -> Response:
+        return await infer(name, request)
 
     return router
