@@ -61,7 +61,7 @@ def build_app(
         specs, skipped = split_absent_weights(specs)
         for name, reason in skipped.items():
             logger.warning(
-                "model not served: its weights are absent (serve it by name to see it fail)",
+                "model not served: its weights are not on this machine",
                 extra={"model": name, "reason": reason},
             )
     images = settings.images
