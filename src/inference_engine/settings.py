@@ -102,7 +102,7 @@ class AuthSettings(_Section):
     api_key_hashes: list[str] = Field(default_factory=list)
     """Hex SHA-256 digests of the accepted keys (``inference-engine auth hash-key KEY``)."""
     protect_operational: bool = False
-    """Also require a key for ``/health``, ``/ready`` and ``/metrics`` (probes usually cannot)."""
+    """Also require a key for the probes (``/health``, ``/ready``, ``/v2/health/*``) and ``/metrics``."""
 
     @field_validator("api_key_hashes")
     @classmethod

@@ -44,7 +44,8 @@ class ModelStatistics:
         """One forward pass of ``size`` inputs (called by the batcher)."""
         self.execution_count += 1
         self.inference_count += size
-        self.compute_infer.add(compute_s, size)
+        # Triton's accounting: every input is charged its batch's whole forward pass.
+        self.compute_infer.add(compute_s * size, size)
         for wait in waits:
             self.queue.add(wait)
         self.batches.setdefault(size, Duration()).add(compute_s)

@@ -68,7 +68,10 @@ def test_probes_stay_open_and_info_needs_a_key(guarded: ServerProcess) -> None:
         assert client.get("/health").status_code == 200
         assert client.get("/ready").status_code == 200
         assert client.get("/metrics").status_code == 200
+        assert client.get("/v2/health/live").status_code == 200  # V2 probes (KServe, Triton) too
+        assert client.get("/v2/health/ready").status_code == 200
         assert client.get("/info").status_code == 401
+        assert client.get("/v2/models/stats").status_code == 401
 
 
 def test_both_header_forms_are_accepted(guarded: ServerProcess) -> None:

@@ -107,8 +107,8 @@ def test_embeddings_of_images_and_texts(client: httpx.Client) -> None:
         (
             "/v1/models/colours/embed",
             {"json": {"texts": ["a", "b", "c", "d"]}},
-            400,
-            "bad_request",
+            422,
+            "invalid_input",
             "limit is 3",
         ),
         ("/v1/models/colours/embed", {"json": {"texts": []}}, 400, "bad_request", "non-empty list"),

@@ -19,7 +19,8 @@ from inference_engine.errors import EngineError, RateLimited, Unauthorized
 from inference_engine.ratelimit import Decision, RateLimiter
 from inference_engine.settings import AuthSettings
 
-OPERATIONAL_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# Probes and scrapers (kubelet, KServe/Triton-style V2 health checks, Prometheus) carry no key.
+OPERATIONAL_PATHS = frozenset({"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"})
 
 
 def hash_key(key: str) -> str:

@@ -22,7 +22,7 @@ access_logger = logging.getLogger("inference_engine.access")
 error_logger = logging.getLogger("inference_engine.api")
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics"})
+_QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"})
 
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),

@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from inference_engine.errors import BadRequest, PayloadTooLarge
+from inference_engine.errors import BadRequest, InvalidInput, PayloadTooLarge
 from inference_engine.fetch import ImageFetcher
 
 FILE_FIELD = "file"
@@ -100,7 +100,7 @@ async def read_embed_request(request: Request, max_bytes: int, max_items: int) -
     if not isinstance(values, list) or not values:
         raise BadRequest(f"'{field}' must be a non-empty list")
     if len(values) > max_items:
-        raise BadRequest(f"'{field}' has {len(values)} entries; the limit is {max_items}")
+        raise InvalidInput(f"{len(values)} inputs in one request; the limit is {max_items}")
     if field == "texts":
         if not all(isinstance(text, str) for text in values):
             raise BadRequest("'texts' must be a list of strings")
@@ -153,13 +153,14 @@ def _parse_object(body: bytes, fields: frozenset[str], shape: str) -> dict[str, 
     unknown = sorted(str(k) for k in document if k not in fields)
     if unknown:
         shown = ", ".join(_excerpt(k, 24) for k in unknown[:5])
-        expected = " or ".join(repr(f) for f in sorted(fields))
-        raise BadRequest(f"unknown JSON field(s): {shown}; expected {expected}")
+        raise BadRequest(f"unknown JSON field(s): {shown}; the body's shape is {shape}")
     return document
 
 
 async def _read_json(body: bytes, fetcher: ImageFetcher | None) -> ImageRequest:
-    document = _parse_object(body, JSON_FIELDS, '{"image": "<base64>"} or {"url": "..."}')
+    document = _parse_object(
+        body, JSON_FIELDS, '{"image": "<base64>"} or {"url": "..."}, with optional "labels": [...]'
+    )
     labels = document.pop(LABELS_FIELD, None)
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise BadRequest("'labels' must be a list of strings")

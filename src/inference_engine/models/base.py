@@ -247,8 +247,13 @@ class ModelHandler(ABC, Generic[ItemT, OutputT]):
         if self.tasks() & {"embed_image", "embed_text"}:
             dimension = self.embedding_dimension()
             outputs.append({"name": "embeddings", "datatype": "FP32", "shape": [-1, dimension]})
+        inputs: list[dict[str, Any]] = [
+            {"name": "image", "datatype": "BYTES", "shape": [-1], "format": "encoded image"}
+        ]
+        if "embed_text" in self.tasks():
+            inputs.append({"name": "text", "datatype": "BYTES", "shape": [-1], "format": "UTF-8 text"})
         return {
-            "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1], "format": "encoded image"}],
+            "inputs": inputs,
             "outputs": outputs,
             "input_size": [size, size, 3] if pre.layout == "nhwc" else [3, size, size],
             "labels_count": len(labels),

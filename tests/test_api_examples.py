@@ -1,0 +1,149 @@
+"""docs/API.md's examples, run against a real server, so the API reference cannot drift.
+
+One server (``efficientnet_lite0``, ``open_nsfw`` and a tiny random CLIP named ``clip``, as the
+doc's "The example server" builds) serves every example, in the order of the doc. Each example
+must exit 0, print what the doc shows (in shape: see ``tests/doc_examples.py``), and call the
+endpoints its ``<!-- example: ... -->`` marker names. Every endpoint of the doc's table needs a
+curl and a Python example, and the table must list every route the server has.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import doc_examples
+from tests.helpers import ROOT, ServerProcess
+
+DOC = ROOT / "docs" / "API.md"
+MARKDOWN = DOC.read_text(encoding="utf-8")
+EXAMPLES = doc_examples.examples(MARKDOWN)
+ENDPOINTS = doc_examples.endpoints_table(MARKDOWN)
+# Routes outside FastAPI's schema: its own schema and UIs, and the playground (a middleware).
+NOT_IN_OPENAPI = {
+    ("GET", "/docs"),
+    ("GET", "/redoc"),
+    ("GET", "/openapi.json"),
+    ("GET", "/"),
+    ("GET", "/playground"),
+    ("GET", "/playground/assets/{name}"),
+}
+
+# FastAPI's own routes reach the request metrics as route="unmatched" (they are not API routes).
+UNLABELLED = {"/docs", "/redoc", "/openapi.json"}
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    from tests.hf_models import build_tiny_clip  # imports transformers: only when the server is needed
+    from tests.repository import add_default_model
+
+    repo = tmp_path_factory.mktemp("doc_repo")
+    add_default_model(repo)
+    shutil.copytree(ROOT / "models" / "open_nsfw", repo / "open_nsfw")
+    build_tiny_clip(repo / "clip")
+    process = ServerProcess(repo, env={"IE_SERVER__DEFAULT_MODEL": "efficientnet_lite0"})
+    process.start(tmp_path_factory.mktemp("logs") / "server.log")
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def folder(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The examples' ``/tmp/doc_`` files, made by the doc's setup block."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    path = tmp_path_factory.mktemp("doc_files")
+    for example in (e for e in EXAMPLES if e.setup):
+        for ran in doc_examples.run_console(example, server.port, path):
+            assert ran.returncode == 0, f"setup at docs/API.md:{example.line} failed:\n{ran.stderr}"
+    return path
+
+
+def test_every_shell_and_python_block_is_an_example_or_says_why_not() -> None:
+    unmarked = [f"docs/API.md:{b.line} ({b.language})" for b in doc_examples.unmarked_blocks(MARKDOWN)]
+    assert not unmarked, "mark these <!-- example: ... --> or <!-- not-run: why -->: " + ", ".join(unmarked)
+
+
+def test_examples_name_endpoints_of_the_table() -> None:
+    unknown = {
+        f"{method} {path} (docs/API.md:{e.line})"
+        for e in EXAMPLES
+        for method, path in e.endpoints
+        if (method, path) not in ENDPOINTS
+    }
+    assert not unknown, f"examples claim endpoints that the table does not list: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize("language", ["console", "python"])
+def test_every_endpoint_has_an_example(language: str) -> None:
+    covered = {endpoint for e in EXAMPLES if e.language == language for endpoint in e.endpoints}
+    missing = [f"{method} {path}" for method, path in ENDPOINTS if (method, path) not in covered]
+    assert not missing, f"endpoints without a {language} example in docs/API.md: {missing}"
+
+
+def test_the_table_lists_every_route(server: ServerProcess) -> None:
+    schema = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    served = {(m.upper(), path) for path, methods in schema["paths"].items() for m in methods}
+    table = set(ENDPOINTS)
+    assert served - table == set(), "routes missing from the endpoints table of docs/API.md"
+    assert table - served - NOT_IN_OPENAPI == set(), "the endpoints table lists routes the server lacks"
+
+
+def _requests(server: ServerProcess) -> dict[str, float]:
+    return doc_examples.requests_by_route(httpx.get(f"{server.url}/metrics", timeout=30).text)
+
+
+@pytest.mark.parametrize("example", [e for e in EXAMPLES if not e.setup], ids=lambda e: e.id)
+def test_example(example: doc_examples.Example, server: ServerProcess, folder: Path) -> None:
+    before = _requests(server)
+    problems: list[str] = []
+    if example.language == "console":
+        for ran in doc_examples.run_console(example, server.port, folder):
+            where = f"docs/API.md:{ran.command.line} $ {ran.command.command}"
+            if ran.returncode != 0:
+                problems.append(f"{where}\nexited {ran.returncode}:\n{ran.output}\n{ran.stderr}")
+                continue
+            problems.extend(
+                f"{where}\n{problem}"
+                for problem in doc_examples.compare_output(ran.command.expected, ran.output)
+            )
+    else:
+        printed = doc_examples.run_python(example, server.port, folder)
+        problems.extend(doc_examples.compare_output(example.expected, printed))
+    after = _requests(server)
+    own_scrape = {"/metrics": 1.0}  # `before` itself is counted once it has been answered
+    for _method, path in example.endpoints:
+        label = "unmatched" if path in UNLABELLED else path
+        if after.get(label, 0.0) - before.get(label, 0.0) - own_scrape.get(label, 0.0) < 1:
+            problems.append(f"the example names {path} but did not call it")
+    assert not problems, "\n\n".join(problems)
+
+
+def test_the_comparison_sees_shapes_not_numbers() -> None:
+    compare = doc_examples.compare_output
+    assert compare('{"a": 1, "b": [0.5, 2]}', '{"a": 2.5, "b": [3, 4]}') == []
+    assert compare('{"a": 1}', '{"a": 1, "c": 2}')  # a key the doc does not show
+    assert compare('{"b": [1, 2]}', '{"b": [1]}')  # another length
+    assert compare('{"ready": true}', '{"ready": false}')
+    assert compare('{"error": {"type": "bad_request"}}', '{"error": {"type": "invalid_input"}}')
+    assert compare('{"xs": [1, ...], "n": 1, ...}', '{"xs": [1, 2, 3], "n": 2, "more": 0}') == []
+    assert compare('[{"name": "a"}, ...]', '[{"name": "a"}, {"name": "b"}]') == []
+    assert compare("HTTP/1.1 200 OK\nx-request-id: cat-42", "HTTP/1.1 200 OK\r\nx-request-id: cat-43\r\n")
+    assert compare("HTTP/1.1 200 OK\ndate: x\n\n{}", "HTTP/1.1 200 OK\r\ndate: y\r\n\r\n{}") == []
+    assert compare(f"0.39 tiger cat {'a' * 32}", f"0.41 tiger cat {'b' * 32}") == []
+    assert compare("0.39 tiger cat", "0.39 tabby")
+
+
+def test_console_blocks_are_commands_and_their_outputs() -> None:
+    commands = doc_examples.parse_console("$ curl -s \\\n    localhost:8000/v2\n{}\n\n$ true\n", 10)
+    assert [(c.command, c.expected, c.line) for c in commands] == [
+        ("curl -s \\\n    localhost:8000/v2", "{}", 11),
+        ("true", "", 15),
+    ]
