@@ -146,12 +146,17 @@ def _config_docs() -> int:
 
 
 def _models_list(settings: Settings) -> int:
-    from inference_engine.models.loader import scan_repository
+    from inference_engine.models.loader import ModelSpec, scan_repository
 
     specs, broken = scan_repository(settings.model_repository, settings.batching, settings.models or None)
+
+    def status(spec: ModelSpec) -> str:
+        absent = spec.handler_class.weights_missing(spec.config, spec.directory)
+        return "ok" if absent is None else "weights absent: " + absent
+
     rows = [
         (s.name, s.config.version, s.config.handler, s.config.device,
-         f"batch<={s.config.max_batch_size} delay={s.config.max_batch_delay_ms}ms", "ok")
+         f"batch<={s.config.max_batch_size} delay={s.config.max_batch_delay_ms}ms", status(s))
         for s in specs
     ] + [(b.name, "-", "-", "-", "-", "INVALID: " + " ".join(b.error.split())) for b in broken]  # fmt: skip
     if not rows:
