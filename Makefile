@@ -11,7 +11,7 @@ MODEL_REPOSITORY ?= models
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev serve lint format test test-fast bench docs docker clean
+.PHONY: help install install-dev serve lint format test test-fast bench bench-quick bench-levers docs docker clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -49,8 +49,15 @@ test: lint ## Lint, type-check, then the whole test suite with coverage (fails u
 test-fast: install-dev ## Tests only, no coverage
 	$(BIN)/python -m pytest -q -x $(PYTEST_ARGS)
 
-bench: install-dev ## Measure cold start, single-request latency and throughput under load
-	$(BIN)/python -m bench.quick --model-repository $(MODEL_REPOSITORY)
+ARGS ?=
+bench: install-dev ## Benchmark suite: served vs raw model as ratios, plots in bench/results (~13 min; ARGS=--quick)
+	$(BIN)/python -m bench.run $(ARGS)
+
+bench-quick: install-dev ## The benchmark suite's quick mode (~2.5 min), a smoke run; results in bench/results/quick.*
+	$(BIN)/python -m bench.run --quick $(ARGS)
+
+bench-levers: install-dev ## A/B runs of the performance levers (~15 min), into bench/results/levers.json
+	$(BIN)/python -m bench.levers $(ARGS)
 
 docs: install ## Regenerate docs/CONFIGURATION.md from the settings models
 	$(BIN)/inference-engine config docs > docs/CONFIGURATION.md

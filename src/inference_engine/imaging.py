@@ -91,9 +91,10 @@ def decode_image(data: bytes, limits: ImageLimits, *, min_side: int | None = Non
         raise InvalidInput(f"the {fmt} image is corrupt: its header cannot be read") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InvalidInput(f"the {fmt} image is corrupt or truncated: {exc}") from None
-    # A broken EXIF block must not reject an otherwise decodable image.
+    # A broken EXIF block must not reject an otherwise decodable image. In place: the image is
+    # ours, and the default (a new image) copies every pixel even when there is nothing to turn.
     with contextlib.suppress(Exception):
-        image = ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)
     return to_rgb(image)
 
 

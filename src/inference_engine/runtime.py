@@ -150,6 +150,7 @@ class ModelRuntime:
             metrics,
             tracer,
             on_batch=self.stats.record_batch,
+            eager=True,
         )
         tasks = self.handlers[0].tasks()
         if tasks & {"embed_text", "zero_shot"}:
@@ -161,6 +162,7 @@ class ModelRuntime:
                 metrics,
                 tracer,
                 on_batch=self.stats.record_batch,
+                eager=True,
             )
         if "zero_shot" in tasks and self.label_cache is None:
             # Kept across watchdog restarts: the same weights give the same label embeddings.

@@ -439,7 +439,9 @@ class InferenceService:
         request_id: str,
     ) -> _Run:  # fmt: skip
         started = time.monotonic()
-        with self._tracer.start_as_current_span("decode"):
+        # Announced to the batcher while it decodes, so a forming batch waits for it (and only
+        # while something is on its way); the announcement ends right before _submit queues it.
+        with _announced(runtime, "image"), self._tracer.start_as_current_span("decode"):
             item = await self._in_pool(_prepare, handler, data, self.limits)
         preprocess_s = time.monotonic() - started
         self.metrics.preprocess_duration.labels(runtime.name).observe(preprocess_s)
@@ -450,7 +452,7 @@ class InferenceService:
         request_id: str,
     ) -> _Run:  # fmt: skip
         started = time.monotonic()
-        with self._tracer.start_as_current_span("tokenize"):
+        with _announced(runtime, "text"), self._tracer.start_as_current_span("tokenize"):
             item = await self._in_pool(handler.preprocess_text, prompts)
         preprocess_s = time.monotonic() - started
         return await self._submit(runtime, "text", item, preprocess_s, deadline, request_id)
@@ -483,6 +485,12 @@ class InferenceService:
             raise DeadlineExceeded(f"no answer within the request deadline ({runtime.name})") from None
         self._record_batch_spans(enqueued_ns, result)
         return _Run(result.output, preprocess_s, result.queue_s, result.inference_s, result.batch_size)
+
+
+def _announced(runtime: ModelRuntime, modality: Modality) -> contextlib.AbstractContextManager[None]:
+    """The batcher's ``incoming()`` for one input being prepared (nothing while it is restarting)."""
+    batcher = runtime.batchers.get(modality)
+    return batcher.incoming() if batcher is not None else contextlib.nullcontext()
 
 
 async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:

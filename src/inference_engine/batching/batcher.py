@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -75,8 +75,13 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         metrics: Metrics,
         tracer: trace.Tracer | None = None,
         on_batch: Callable[[int, float, list[float]], None] | None = None,
+        eager: bool = False,
     ) -> None:
         self.model = model
+        # eager: close a batch early when the queue is empty and no announced input is on its
+        # way (see incoming()); otherwise a batch always waits out max_batch_delay_ms.
+        self._eager = eager
+        self._incoming = 0
         self._on_batch = on_batch  # (batch size, forward-pass seconds, each input's queue wait)
         self.policy = policy
         self._tracer = tracer or trace.NoOpTracer()
@@ -135,6 +140,23 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
 
     # -- intake ----------------------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def incoming(self) -> Iterator[None]:
+        """Announce one input being prepared (decoded, tokenised) for this batcher.
+
+        Leave the block right before :meth:`submit`, with no ``await`` in between. While any
+        input is announced a forming batch waits (up to the delay) for it; when none is, an
+        eager batcher runs what it has at once, so a lone request does not pay the delay.
+        """
+        self._incoming += 1
+        try:
+            yield
+        finally:
+            self._incoming -= 1
+
+    def _pending_inputs(self) -> int:
+        return self._incoming
+
     def submit(
         self,
         payload: ItemT,
@@ -178,7 +200,12 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
     async def _loop(self, worker: ModelWorker, predict: PredictFn[ItemT, OutputT]) -> None:
         max_delay_s = self.policy.max_batch_delay_ms / 1000.0
         while True:
-            batch = await self._queue.next_batch(self.policy.max_batch_size, max_delay_s, self._admit)
+            batch = await self._queue.next_batch(
+                self.policy.max_batch_size,
+                max_delay_s,
+                self._admit,
+                self._pending_inputs if self._eager else None,
+            )
             self._running_batches += 1
             try:
                 await self._run_batch(worker, predict, batch)

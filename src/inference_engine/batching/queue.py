@@ -4,6 +4,10 @@ A batch closes when it holds ``max_size`` items or when ``max_delay`` has passed
 *first item was enqueued* (Triton's rule): an item that already waited while the model was busy
 is not made to wait again, so at low load the delay adds at most itself to latency and at high
 load batches fill from the backlog at once. Waiting is event-driven, never polled.
+
+With ``incoming`` (the number of inputs still being decoded for this queue) the batch also
+closes as soon as the queue is empty and nothing is on its way: waiting then could only add
+latency, never batch size. A lone request therefore runs at once instead of paying the delay.
 """
 
 from __future__ import annotations
@@ -56,12 +60,17 @@ class BatchQueue(Generic[T]):
         self._on_depth(self._queue.qsize())
 
     async def next_batch(
-        self, max_size: int, max_delay_s: float, admit: Callable[[WorkItem[T]], bool]
+        self,
+        max_size: int,
+        max_delay_s: float,
+        admit: Callable[[WorkItem[T]], bool],
+        incoming: Callable[[], int] | None = None,
     ) -> list[WorkItem[T]]:
         """Wait for one admitted item, then gather more until the batch is full or due.
 
         ``admit`` returns False for items that must not run (client gone, deadline passed);
-        they are dropped here so they never take a slot in a forward pass.
+        they are dropped here so they never take a slot in a forward pass. ``incoming``, when
+        given, says how many items are still on their way; at 0 an empty queue closes the batch.
         """
         batch: list[WorkItem[T]] = []
         while not batch:
@@ -75,7 +84,7 @@ class BatchQueue(Generic[T]):
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = due - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or (incoming is not None and incoming() <= 0):
                     break
                 try:
                     item = await asyncio.wait_for(self._queue.get(), remaining)

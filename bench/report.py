@@ -1,0 +1,385 @@
+"""Results to numbers people read: medians and spreads, ratios, targets, a markdown table, plots.
+
+Everything here is a pure function of the results dictionary that :mod:`bench.run` builds
+(``tests/bench`` checks it on a fixture), so a report can be re-rendered from a saved
+``results.json`` without measuring again: ``python -m bench.report bench/results/results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+#: Which targets apply to which workload (from the performance issue).
+HEAVY = {"clip_vit_b32"}
+LIGHT = {"tiny_cnn", "efficientnet_lite0", "efficientnet_lite0_onnx"}
+SINGLE_REQUEST_SLACK_MS = 2.0
+BATCH_FILL = 0.75  # "average batch size approaches max_batch_size": at least this fraction of it
+
+
+def spread(values: Iterable[float | None]) -> dict[str, float]:
+    """Median, min, max and the relative spread (max - min) / median of repeated runs."""
+    data = [float(v) for v in values if v is not None and not math.isnan(v)]
+    if not data:
+        return {"median": math.nan, "min": math.nan, "max": math.nan, "spread": math.nan}
+    median = statistics.median(data)
+    return {
+        "median": median,
+        "min": min(data),
+        "max": max(data),
+        "spread": (max(data) - min(data)) / median if median else math.nan,
+    }
+
+
+def ratio(served: float, raw: float) -> float:
+    return served / raw if raw and not math.isnan(raw) else math.nan
+
+
+def _point_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    keys = (
+        "throughput_rps",
+        "p50_ms",
+        "p95_ms",
+        "p99_ms",
+        "max_ms",
+        "avg_batch_size",
+        "server_cpu_cores",
+        "loadgen_cpu_cores",
+        "loadgen_cpu_us_per_request",
+        "queue_wait_ms",
+        "preprocess_ms",
+        "inference_ms",
+    )
+    out: dict[str, Any] = {key: spread(run.get(key, math.nan) for run in runs) for key in keys}
+    out["errors"] = sum(run.get("errors", 0) for run in runs)
+    out["runs"] = len(runs)
+    return out
+
+
+def summarise_workload(workload: dict[str, Any]) -> dict[str, Any]:
+    """Medians and spreads of every point, the raw ceiling, the ratios and the targets."""
+    raw = workload["raw"]
+    pass1, pass2 = raw["pass1"], raw["pass2"]
+    pipeline = spread([raw["best_pipeline"]["ips"], *(p["ips"] for p in pass2.get("pipeline", []))])
+    forward1 = spread([pass1["forward_ips"]["1"], pass2.get("forward_ips", {}).get("1", math.nan)])
+    decode_ms = pass1["decode"]["total_ms"]
+    closed = {int(p["clients"]): _point_summary(p["runs"]) for p in workload["served"]["closed"]}
+    opened = {float(p["rate"]): _point_summary(p["runs"]) for p in workload["served"]["open"]}
+    config = workload["model_yaml"]
+    max_batch = int(config.get("max_batch_size") or 8)
+    delay_ms = float(config.get("max_batch_delay_ms") or 5.0)
+    ceiling = pipeline["median"]
+    ratios = {c: ratio(s["throughput_rps"]["median"], ceiling) for c, s in closed.items()}
+    bound_ms = 1000.0 / forward1["median"] + decode_ms + SINGLE_REQUEST_SLACK_MS
+    targets: list[dict[str, Any]] = []
+
+    def target(name: str, value: float, limit: float, met: bool, unit: str = "") -> None:
+        targets.append({"target": name, "value": value, "limit": limit, "met": bool(met), "unit": unit})
+
+    model = workload["model"]
+    images_default = workload["images"] == "photos640"
+    if images_default and model in HEAVY:
+        for clients in (8, 32):
+            if clients in ratios:
+                target(
+                    f"served/raw at {clients} clients >= 0.95", ratios[clients], 0.95, ratios[clients] >= 0.95
+                )
+        if 32 in closed:
+            p50, p99 = closed[32]["p50_ms"]["median"], closed[32]["p99_ms"]["median"]
+            target("p99 <= 2 x p50 at 32 clients", p99 / p50, 2.0, p99 <= 2 * p50)
+    if images_default and model in LIGHT and 32 in ratios:
+        target("served/raw at 32 clients >= 0.9", ratios[32], 0.9, ratios[32] >= 0.9)
+    if 1 in closed:
+        p50 = closed[1]["p50_ms"]["median"]
+        target("1-client p50 <= raw forward(1) + decode + 2 ms", p50, bound_ms, p50 <= bound_ms, "ms")
+        wait = closed[1]["queue_wait_ms"]["median"]
+        target("1 client: batch wait <= max_batch_delay_ms", wait, delay_ms, wait <= delay_ms, "ms")
+    if 32 in closed:
+        batch = closed[32]["avg_batch_size"]["median"]
+        target(
+            f"32 clients: avg batch >= {BATCH_FILL} x max_batch_size",
+            batch,
+            BATCH_FILL * max_batch,
+            batch >= BATCH_FILL * max_batch,
+        )
+    return {
+        "name": workload["name"],
+        "model": model,
+        "images": workload["images"],
+        "max_batch_size": max_batch,
+        "max_batch_delay_ms": delay_ms,
+        "raw": {
+            "decode_ms": pass1["decode"],
+            "forward_ips": pass1["forward_ips"],
+            "forward1_ips": forward1,
+            "single_ms": pass1.get("single_ms"),
+            "pipeline_ips": pipeline,
+            "pipeline_config": {
+                k: raw["best_pipeline"].get(k) for k in ("threads", "batch", "workers", "overrides")
+            },
+        },
+        "closed": closed,
+        "open": opened,
+        "ratios": ratios,
+        "single_bound_ms": bound_ms,
+        "cold_start_s": workload["served"]["cold_start_s"],
+        "peak_rss_mb": workload["served"]["peak_rss_mb"],
+        "targets": targets,
+    }
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    return {w["name"]: summarise_workload(w) for w in results["workloads"]}
+
+
+# -- markdown ------------------------------------------------------------------------------------
+
+
+def _f(value: float, digits: int = 1) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _ms(s: dict[str, float]) -> str:
+    return _f(s["median"], 1 if s["median"] < 100 else 0)
+
+
+def _with_spread(s: dict[str, float], digits: int = 1) -> str:
+    if math.isnan(s["median"]):
+        return "-"
+    return f"{s['median']:.{digits}f} ±{100 * s['spread'] / 2:.0f}%"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The headline table, then one section per workload."""
+    meta = results["meta"]
+    summary = results.get("summary") or summarise(results)
+    m, v = meta["machine"], meta["versions"]
+    lines = [
+        f"# Benchmark results ({meta['mode']} run, {meta['started']})",
+        "",
+        f"Machine: {m['cores']} cores, {m['cpu_model']}, {m['memory_gb']} GiB; load average before "
+        f"{', '.join(f'{x:.2f}' for x in m['load_average'])}, after "
+        f"{', '.join(f'{x:.2f}' for x in meta.get('load_average_after', []))}. "
+        f"Python {v['python']}, torch {v['torch']}, onnxruntime {v['onnxruntime']}, numpy {v['numpy']}, "
+        f"Pillow {v['pillow']}, uvicorn {v['uvicorn']}, uvloop {v['uvloop']}, httptools {v['httptools']}. "
+        f"Run took {meta.get('duration_s', 0) / 60:.1f} min.",
+        "",
+        f"Load generator: {meta['load_generator']}. Server: {meta['server']}. Every point: "
+        f"{meta['plan']['repeats']} runs (interleaved sweeps) of {meta['plan']['duration_s']:g} s "
+        f"({meta['plan']['heavy_duration_s']:g} s for ViT) after {meta['plan']['warmup_s']:g} s warm-up; "
+        "medians, ± half the min-max spread.",
+        "",
+        "| workload | raw pipeline img/s | served req/s @1 / 8 / 32 / 64 clients | served/raw @8 / @32 "
+        "| p50 / p99 ms @32 | 1-client p50 ms (bound) | avg batch @32 (max) | server CPU @32 | peak RSS MB |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for s in summary.values():
+        closed = s["closed"]
+
+        def rps(c: int, closed: dict[int, Any] = closed) -> str:
+            return _f(closed[c]["throughput_rps"]["median"]) if c in closed else "-"
+
+        c32 = closed.get(32)
+        lines.append(
+            f"| {s['name']} | {_with_spread(s['raw']['pipeline_ips'])} "
+            f"| {rps(1)} / {rps(8)} / {rps(32)} / {rps(64)} "
+            f"| {_f(s['ratios'].get(8, math.nan), 2)} / {_f(s['ratios'].get(32, math.nan), 2)} "
+            f"| {_ms(c32['p50_ms']) if c32 else '-'} / {_ms(c32['p99_ms']) if c32 else '-'} "
+            f"| {_ms(closed[1]['p50_ms']) if 1 in closed else '-'} ({_f(s['single_bound_ms'])}) "
+            f"| {_f(c32['avg_batch_size']['median'], 2) if c32 else '-'} ({s['max_batch_size']}) "
+            f"| {_f(c32['server_cpu_cores']['median'], 2) if c32 else '-'} | {_f(s['peak_rss_mb'], 0)} |"
+        )
+    lines += [
+        "",
+        "## Targets",
+        "",
+        "| workload | target | measured | limit | met |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for s in summary.values():
+        for t in s["targets"]:
+            lines.append(
+                f"| {s['name']} | {t['target']} | {_f(t['value'], 2)}{t['unit']} "
+                f"| {_f(t['limit'], 2)}{t['unit']} "
+                f"| {'yes' if t['met'] else '**no**'} |"
+            )
+    for s in summary.values():
+        raw = s["raw"]
+        d = raw["decode_ms"]
+        fwd = ", ".join(f"{b}: {_f(x)}" for b, x in raw["forward_ips"].items())
+        cfg = raw["pipeline_config"]
+        lines += [
+            "",
+            f"## {s['name']} ({s['images']})",
+            "",
+            f"Raw: decode {_f(d['decode_ms'], 2)} ms/img "
+            f"(full-size decode {_f(d['decode_full_ms'], 2)}), "
+            f"pre-processing {_f(d['preprocess_ms'], 2)} ms/img; forward img/s by batch {{{fwd}}}; "
+            f"one image at a time {_f(raw['single_ms'])} ms; "
+            f"best pipeline {_with_spread(raw['pipeline_ips'])} img/s "
+            f"(batch {cfg['batch']}, {cfg['workers']} decode threads, intra-op threads "
+            f"{cfg['threads'] or cfg['overrides'].get('intra_op_threads', 'default')}). "
+            f"Cold start {_f(s['cold_start_s'])} s.",
+            "",
+            "| clients | req/s | served/raw | p50 ms | p95 ms | p99 ms | max ms | errors | avg batch "
+            "| queue wait ms | server CPU | load gen CPU (µs/req) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for clients, p in s["closed"].items():
+            lines.append(
+                f"| {clients} | {_with_spread(p['throughput_rps'])} | {_f(s['ratios'][clients], 2)} "
+                f"| {_ms(p['p50_ms'])} | {_ms(p['p95_ms'])} | {_ms(p['p99_ms'])} | {_ms(p['max_ms'])} "
+                f"| {p['errors']} "
+                f"| {_f(p['avg_batch_size']['median'], 2)} | {_f(p['queue_wait_ms']['median'], 1)} "
+                f"| {_f(p['server_cpu_cores']['median'], 2)} | {_f(p['loadgen_cpu_cores']['median'], 2)} "
+                f"({_f(p['loadgen_cpu_us_per_request']['median'], 0)}) |"
+            )
+        if s["open"]:
+            lines += [
+                "",
+                "| offered req/s (open loop) | achieved req/s | p50 ms | p95 ms | p99 ms | max ms | errors "
+                "| avg batch |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- |",
+            ]
+            for rate, p in s["open"].items():
+                lines.append(
+                    f"| {_f(rate)} | {_with_spread(p['throughput_rps'])} | {_ms(p['p50_ms'])} "
+                    f"| {_ms(p['p95_ms'])} | {_ms(p['p99_ms'])} | {_ms(p['max_ms'])} | {p['errors']} "
+                    f"| {_f(p['avg_batch_size']['median'], 2)} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+# -- plots ---------------------------------------------------------------------------------------
+
+
+def _plain_numbers(ax: Any) -> None:
+    """Log axes labelled 1, 2, 4... and 10, 100, not 2^0 and 10^1."""
+    from matplotlib.ticker import FuncFormatter
+
+    label = FuncFormatter(lambda value, _: f"{value:g}")
+    ax.xaxis.set_major_formatter(label)
+    ax.yaxis.set_major_formatter(label)
+
+
+def plot(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
+    """``<stem>-throughput.png`` (throughput vs concurrency, raw ceilings dashed) and
+    ``<stem>-latency.png`` (latency percentiles vs offered load)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = results.get("summary") or summarise(results)
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
+    for index, s in enumerate(summary.values()):
+        colour = f"C{index}"
+        clients = sorted(s["closed"])
+        ax.errorbar(
+            clients,
+            [s["closed"][c]["throughput_rps"]["median"] for c in clients],
+            yerr=[
+                [
+                    s["closed"][c]["throughput_rps"]["median"] - s["closed"][c]["throughput_rps"]["min"]
+                    for c in clients
+                ],
+                [
+                    s["closed"][c]["throughput_rps"]["max"] - s["closed"][c]["throughput_rps"]["median"]
+                    for c in clients
+                ],
+            ],
+            marker="o",
+            color=colour,
+            label=s["name"],
+            capsize=3,
+        )
+        ax.axhline(s["raw"]["pipeline_ips"]["median"], color=colour, linestyle="--", linewidth=1)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    _plain_numbers(ax)
+    ax.set_xlabel("concurrent clients (closed loop)")
+    ax.set_ylabel("requests / s (dashed: raw in-process pipeline)")
+    ax.set_title("Served throughput vs concurrency")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / f"{stem}-throughput.png")
+    fig.savefig(paths[-1])
+    plt.close(fig)
+
+    with_open = [s for s in summary.values() if s["open"]]
+    if with_open:
+        fig, axes = plt.subplots(
+            1, len(with_open), figsize=(3.2 * len(with_open), 3.4), dpi=90, squeeze=False
+        )
+        for ax, s in zip(axes[0], with_open, strict=True):
+            rates = sorted(s["open"])
+            for key, style in (("p50_ms", "o-"), ("p95_ms", "s--"), ("p99_ms", "^:")):
+                ax.plot(rates, [s["open"][r][key]["median"] for r in rates], style, label=key[:-3])
+            ax.set_title(s["name"], fontsize=8)
+            ax.set_xlabel("offered req/s (open loop)", fontsize=8)
+            ax.set_yscale("log")
+            _plain_numbers(ax)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.tick_params(labelsize=7)
+        axes[0][0].set_ylabel("latency ms")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle("Latency percentiles vs offered load", fontsize=9)
+        fig.tight_layout()
+        paths.append(out / f"{stem}-latency.png")
+        fig.savefig(paths[-1])
+        plt.close(fig)
+    return paths
+
+
+def _jsonable(value: Any) -> Any:
+    """JSON with integer keys as strings, NaN as null (strict JSON readers refuse NaN), and floats
+    to 5 significant digits (the measurements are not more precise; the file stays small)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else float(f"{value:.5g}")
+    return value
+
+
+def write(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
+    """``<stem>.json``, ``<stem>.md`` and the plots under ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    document = _jsonable({**results, "summary": summarise(results)})
+    json_path = out / f"{stem}.json"
+    json_path.write_text(json.dumps(document, indent=1) + "\n")
+    # Rendered from what was saved, so that re-rendering the JSON later gives the same report.
+    saved = {key: value for key, value in document.items() if key != "summary"}
+    md_path = out / f"{stem}.md"
+    md_path.write_text(markdown(saved))
+    return [json_path, md_path, *plot(saved, out, stem)]
+
+
+def load_results(path: Path) -> dict[str, Any]:
+    """A saved ``results.json``, with its summary recomputed (keys back to numbers)."""
+    results: dict[str, Any] = json.loads(path.read_text())
+    results.pop("summary", None)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m bench.report RESULTS.json  (re-renders the markdown and plots beside it)")
+        return 2
+    path = Path(args[0])
+    for written in write(load_results(path), path.parent, path.stem):
+        print(written)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,429 @@
+"""The benchmark suite: served throughput and latency as ratios of the raw model, in one run.
+
+    python -m bench.run [--quick] [--workloads tiny_cnn efficientnet_lite0 ...] [--out bench/results]
+
+For each workload (a model on an image set, see :data:`WORKLOADS`):
+
+1. **raw, pass 1** (:mod:`bench.raw`, its own process): decode and pre-processing cost per
+   image, forward throughput at batch 1..32, one-image-at-a-time latency, and the best
+   in-process pipeline over a small grid (intra-op threads x decode threads x batch size).
+2. **served** (:mod:`bench.server`, :mod:`bench.load`): the real server as a process on
+   loopback; closed loop at 1..64 clients, then open loop at fixed Poisson arrival rates
+   (fractions of the 32-client throughput just measured). Every point runs ``--repeats`` times,
+   the repeats interleaved (a whole sweep, then the sweep again) so slow drifts in background
+   load spread over all points instead of biasing one.
+3. **raw, pass 2**: the pipeline's best configuration and batch-1 forward again, so the
+   ceiling too is a median of two runs taken around the served measurements.
+
+Results: ``results.json`` (everything, with the machine, versions and settings), ``results.md``
+(the tables) and ``throughput.png`` / ``latency.png`` under ``--out``. ``--quick`` measures
+fewer workloads and points with shorter windows (a smoke run, not numbers to quote).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import load, report
+from bench.server import ServedModel, parse_metrics, window_metrics
+from bench.workloads import DEFAULT_CACHE, ROOT, image_set, model_specs, weights_for, write_repository
+
+RESULTS = ROOT / "bench" / "results"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """A model on an image set, with how long its points run and which it skips."""
+
+    name: str
+    model: str
+    images: str
+    heavy: bool = False  # a slow model: longer windows so that each point has enough answers
+    concurrency: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
+    open_fractions: tuple[float, ...] = (0.3, 0.6, 0.9)
+
+
+WORKLOADS = {
+    w.name: w
+    for w in (
+        Workload("tiny_cnn", "tiny_cnn", "photos640"),
+        Workload("efficientnet_lite0", "efficientnet_lite0", "photos640"),
+        Workload("efficientnet_lite0_onnx", "efficientnet_lite0_onnx", "photos640"),
+        Workload("clip_vit_b32", "clip_vit_b32", "photos640", heavy=True, concurrency=(1, 4, 8, 32, 64)),
+        Workload(
+            "efficientnet_lite0_onnx@12mp",
+            "efficientnet_lite0_onnx",
+            "photos12mp",
+            concurrency=(1, 8, 32),
+            open_fractions=(0.6,),
+        ),
+    )
+}
+DEFAULT_WORKLOADS = tuple(WORKLOADS)
+QUICK_WORKLOADS = ("tiny_cnn", "efficientnet_lite0_onnx")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long things run: the suite's settings, recorded in the results."""
+
+    warmup_s: float
+    duration_s: float
+    heavy_duration_s: float
+    repeats: int
+    raw_seconds: float
+    quick: bool
+
+    def duration(self, workload: Workload) -> float:
+        return self.heavy_duration_s if workload.heavy else self.duration_s
+
+    def concurrency(self, workload: Workload) -> tuple[int, ...]:
+        if self.quick:
+            return tuple(c for c in workload.concurrency if c in (1, 8, 32))
+        return workload.concurrency
+
+    def open_fractions(self, workload: Workload) -> tuple[float, ...]:
+        return workload.open_fractions[-1:] if self.quick else workload.open_fractions
+
+
+DEFAULT_PLAN = Plan(
+    warmup_s=1.5, duration_s=4.0, heavy_duration_s=8.0, repeats=2, raw_seconds=1.5, quick=False
+)
+QUICK_PLAN = Plan(warmup_s=1.0, duration_s=2.5, heavy_duration_s=5.0, repeats=2, raw_seconds=0.8, quick=True)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- machine facts ------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, Any]:
+    """Cores, CPU model, memory and load: what the numbers were measured on."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import psutil
+
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "platform": platform.platform(),
+        "load_average": list(os.getloadavg()),
+    }
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in (
+        "inference-engine",
+        "torch",
+        "onnxruntime",
+        "numpy",
+        "pillow",
+        "transformers",
+        "fastapi",
+        "uvicorn",
+        "uvloop",
+        "httptools",
+    ):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+# -- raw ---------------------------------------------------------------------------------------
+
+
+def raw_process(args: list[str], cache: Path) -> dict[str, Any]:
+    """Run ``bench.raw`` in its own process and return its JSON."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as handle:
+        out = Path(handle.name)
+    command = [
+        sys.executable,
+        "-W",
+        "ignore",
+        "-m",
+        "bench.raw",
+        "--cache",
+        str(cache),
+        "--json",
+        str(out),
+        *args,
+    ]
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    try:
+        result: dict[str, Any] = json.loads(out.read_text())
+    finally:
+        out.unlink(missing_ok=True)
+    return result
+
+
+def pipeline_grid(workload: Workload, max_batch: int) -> list[list[str]]:
+    """Pipeline configurations to try: the ceiling is the best of them.
+
+    Intra-op threads 1 and 2 (torch switches in-process; ONNX Runtime needs a session each, so a
+    ``bench.raw`` process each), decode threads 1 and 2, batch the model's ``max_batch_size``
+    and half of it. The heavy model only with 2 intra-op threads: 1 halves its speed.
+    """
+    batches = sorted({max_batch, max(1, max_batch // 2)})
+    base = ["--pipeline-batches", *map(str, batches), "--workers", "1", "2"]
+    if model_specs()[workload.model].config.get("backend") == "onnx":
+        return [[*base, "--overrides", json.dumps({"intra_op_threads": t})] for t in (1, 2)]
+    return [[*base, "--threads", *(["2"] if workload.heavy else ["1", "2"])]]
+
+
+def raw_seconds(workload: Workload, plan: Plan) -> str:
+    return str(2 * plan.raw_seconds if workload.heavy else plan.raw_seconds)
+
+
+def raw_pass1(workload: Workload, plan: Plan, cache: Path, max_batch: int) -> dict[str, Any]:
+    common = [
+        "--model",
+        workload.model,
+        "--images",
+        workload.images,
+        "--seconds",
+        raw_seconds(workload, plan),
+    ]
+    batches = ["1", "2", "4", "8", "16", "32"]
+    if workload.heavy:
+        batches = ["1", "4", "8", "16"] if not plan.quick else ["1", "8"]
+    elif plan.quick:
+        batches = ["1", "4", "8", "32"]
+    first = raw_process([*common, "--parts", "decode", "forward", "single", "--batches", *batches], cache)
+    grid: list[dict[str, Any]] = []
+    for extra in pipeline_grid(workload, max_batch):
+        result = raw_process([*common, "--parts", "pipeline", *extra], cache)
+        for point in result["pipeline"]:
+            point["overrides"] = result["overrides"]
+            grid.append(point)
+    first["pipeline"] = grid
+    return first
+
+
+def raw_pass2(workload: Workload, plan: Plan, cache: Path, best: dict[str, Any]) -> dict[str, Any]:
+    args = [
+        "--model",
+        workload.model,
+        "--images",
+        workload.images,
+        "--seconds",
+        raw_seconds(workload, plan),
+        "--parts",
+        "forward",
+        "pipeline",
+        "--batches",
+        "1",
+        "--pipeline-batches",
+        str(best["batch"]),
+        "--workers",
+        str(best["workers"]),
+    ]
+    if best.get("threads"):
+        args += ["--threads", str(best["threads"])]
+    if best.get("overrides"):
+        args += ["--overrides", json.dumps(best["overrides"])]
+    return raw_process(args, cache)
+
+
+# -- served ------------------------------------------------------------------------------------
+
+
+class Probe:
+    """Window-edge hooks: scrape ``/metrics`` and read the server's CPU time."""
+
+    def __init__(self, server: ServedModel) -> None:
+        self.server = server
+        self.edges: list[tuple[float, float, dict[str, float]]] = []
+
+    async def mark(self) -> None:
+        _, body = await load.fetch(self.server.port, "/metrics")
+        self.edges.append(
+            (time.perf_counter(), self.server.cpu_seconds(), parse_metrics(body.decode(), self.server.model))
+        )
+
+    def result(self) -> dict[str, Any]:
+        (t0, cpu0, m0), (t1, cpu1, m1) = self.edges[-2:]
+        return {"server_cpu_cores": (cpu1 - cpu0) / (t1 - t0), **window_metrics(m0, m1)}
+
+
+async def closed_point(
+    server: ServedModel, requests: Sequence[bytes], clients: int, plan: Plan, workload: Workload
+) -> dict[str, Any]:
+    probe = Probe(server)
+    window = await load.closed_loop(
+        server.port, requests, clients, plan.warmup_s, plan.duration(workload), probe.mark, probe.mark
+    )
+    return {**window.result(), **probe.result()}
+
+
+async def open_point(
+    server: ServedModel, requests: Sequence[bytes], rate: float, plan: Plan, workload: Workload, seed: int
+) -> dict[str, Any]:
+    probe = Probe(server)
+    window = await load.open_loop(
+        server.port, requests, rate, plan.warmup_s, plan.duration(workload), probe.mark, probe.mark, seed=seed
+    )
+    return {**window.result(), **probe.result()}
+
+
+def served(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, Any]:
+    spec = model_specs()[workload.model]
+    repo = write_repository(spec, cache, Path(tempfile.mkdtemp(prefix="bench-repo-")))
+    log_path = out / f"server-{workload.name.replace('@', '-')}.log.tmp"
+    images = image_set(workload.images)
+    closed: dict[int, list[dict[str, Any]]] = {c: [] for c in plan.concurrency(workload)}
+    opened: dict[float, list[dict[str, Any]]] = {}
+    with ServedModel(repo, workload.model, env=spec.settings_env, log_path=log_path).start() as server:
+        requests = [load.build_request(spec.path, data, server.port) for data in images]
+        log(f"  served: ready in {server.cold_start_s:.1f}s; closed loop {list(closed)} x{plan.repeats}")
+
+        async def sweep() -> None:
+            for repeat in range(plan.repeats):
+                for clients in closed:
+                    closed[clients].append(await closed_point(server, requests, clients, plan, workload))
+                    point = closed[clients][-1]
+                    log(
+                        f"    closed {clients:>2} clients (run {repeat + 1}): "
+                        f"{point['throughput_rps']:.1f} req/s, p50 {point['p50_ms']:.1f} ms, "
+                        f"p99 {point['p99_ms']:.1f} ms, batch {point['avg_batch_size']:.2f}"
+                    )
+            capacity = statistics.median(
+                p["throughput_rps"] for p in closed[max(c for c in closed if c <= 32)]
+            )
+            for fraction in plan.open_fractions(workload):
+                opened[round(fraction * capacity, 1)] = []
+            for repeat in range(plan.repeats):
+                for rate in opened:
+                    opened[rate].append(await open_point(server, requests, rate, plan, workload, seed=repeat))
+                    point = opened[rate][-1]
+                    log(
+                        f"    open {rate:.1f} req/s (run {repeat + 1}): "
+                        f"achieved {point['throughput_rps']:.1f}, p50 {point['p50_ms']:.1f} ms, "
+                        f"p99 {point['p99_ms']:.1f} ms, errors {point['errors']}"
+                    )
+
+        load.run(sweep())
+        cold, rss = server.cold_start_s, server.peak_rss_mb
+    log_path.unlink(missing_ok=True)
+    return {
+        "cold_start_s": cold,
+        "peak_rss_mb": rss,
+        "closed": [{"clients": c, "runs": runs} for c, runs in closed.items()],
+        "open": [{"rate": r, "runs": runs} for r, runs in opened.items()],
+    }
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def run_workload(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, Any]:
+    spec = model_specs()[workload.model]
+    document = spec.model_yaml(weights_for(spec, cache))
+    max_batch = int(document.get("max_batch_size") or 8)
+    started = time.perf_counter()
+    log(f"{workload.name}: raw pass 1")
+    raw1 = raw_pass1(workload, plan, cache, max_batch)
+    best = max(raw1["pipeline"], key=lambda p: p["ips"])
+    log(
+        f"  raw: decode+pre {raw1['decode']['total_ms']:.2f} ms/img, forward {raw1['forward_ips']}, "
+        f"pipeline best {best['ips']:.1f} img/s ({best})"
+    )
+    service = served(workload, plan, cache, out)
+    log(f"{workload.name}: raw pass 2")
+    raw2 = raw_pass2(workload, plan, cache, best)
+    return {
+        "name": workload.name,
+        "model": workload.model,
+        "images": workload.images,
+        "description": spec.description,
+        "model_yaml": {k: v for k, v in document.items() if k != "weights"},
+        "server_env": spec.settings_env,
+        "raw": {"pass1": raw1, "pass2": raw2, "best_pipeline": best},
+        "served": service,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer workloads and points, shorter windows")
+    parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), help="default: all (quick: two)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="built model weights (reused)")
+    parser.add_argument("--repeats", type=int, help="runs of every point (default 2)")
+    parser.add_argument("--duration", type=float, help="seconds per measured window (heavy models: x2)")
+    args = parser.parse_args(argv)
+    plan = QUICK_PLAN if args.quick else DEFAULT_PLAN
+    if args.repeats or args.duration:
+        from dataclasses import replace
+
+        plan = replace(
+            plan,
+            repeats=args.repeats or plan.repeats,
+            duration_s=args.duration or plan.duration_s,
+            heavy_duration_s=2 * args.duration if args.duration else plan.heavy_duration_s,
+        )
+    names = args.workloads or (QUICK_WORKLOADS if args.quick else DEFAULT_WORKLOADS)
+    args.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    meta: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "mode": "quick" if args.quick else "default",
+        "machine": machine(),
+        "versions": versions(),
+        "plan": plan.__dict__,
+        "load_generator": (
+            "bench/load.py: raw HTTP/1.1 keep-alive over asyncio on uvloop, in the suite's process"
+        ),
+        "server": "python -m inference_engine serve --env dev (shipped defaults), one model, loopback",
+    }
+    log(
+        f"machine: {meta['machine']['cores']} cores, {meta['machine']['cpu_model']}, "
+        f"load {meta['machine']['load_average']}"
+    )
+    log("building model folders and images (cached after the first run)")
+    for name in names:
+        weights_for(model_specs()[WORKLOADS[name].model], args.cache)
+        image_set(WORKLOADS[name].images)
+    workloads = [run_workload(WORKLOADS[name], plan, args.cache, args.out) for name in names]
+    meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    meta["duration_s"] = time.time() - started
+    meta["load_average_after"] = list(os.getloadavg())
+    results = {"meta": meta, "workloads": workloads}
+    results["summary"] = report.summarise(results)
+    stem = "quick" if args.quick else "results"
+    report.write(results, args.out, stem)
+    log(f"done in {meta['duration_s']:.0f}s: {args.out / (stem + '.md')}")
+    print(report.markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""The real server as a child process on loopback, and what it costs while it serves.
+
+:class:`ServedModel` starts ``python -m inference_engine serve`` on a free port with a
+one-model repository, waits for ``/ready``, samples the process's resident memory in a
+background thread (peak RSS) and reads its CPU time at window edges (CPU cores used).
+:func:`parse_metrics` turns ``/metrics`` text into sums and counts, so the achieved batch
+sizes and the server-side time split (pre-processing, queue wait, forward pass) of a window are
+differences of two scrapes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Histogram series read from ``/metrics`` (``_sum`` and ``_count`` of each).
+SERIES = {
+    "batch_size": "inference_engine_batch_size",
+    "preprocess_s": "inference_engine_preprocess_duration_seconds",
+    "queue_wait_s": "inference_engine_queue_wait_seconds",
+    "inference_s": "inference_engine_inference_duration_seconds",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def parse_metrics(text: str, model: str) -> dict[str, float]:
+    """``{series}_sum`` / ``{series}_count`` for ``model`` and batch-size histogram buckets ``le_N``."""
+    values: dict[str, float] = {}
+    wanted = f'model="{model}"'
+    for line in text.splitlines():
+        if line.startswith("#") or wanted not in line:
+            continue
+        name, _, rest = line.partition("{")
+        labels, _, value = rest.rpartition("} ")
+        for key, series in SERIES.items():
+            if name in (series + "_sum", series + "_count"):
+                values[key + name[len(series) :]] = float(value)
+        if name == SERIES["batch_size"] + "_bucket":
+            bound = labels.split('le="', 1)[1].split('"', 1)[0]
+            values["batch_le_" + bound] = float(value)
+    return values
+
+
+def window_metrics(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, Any]:
+    """What the server did between two scrapes: mean batch size, batches, mean time per stage."""
+    delta = {key: after.get(key, 0.0) - before.get(key, 0.0) for key in after}
+    batches = delta.get("batch_size_count", 0.0)
+    out: dict[str, Any] = {
+        "batches": batches,
+        "avg_batch_size": delta.get("batch_size_sum", 0.0) / batches if batches else 0.0,
+    }
+    for key in ("preprocess_s", "queue_wait_s", "inference_s"):
+        count = delta.get(key + "_count", 0.0)
+        out[key.replace("_s", "_ms")] = 1000 * delta.get(key + "_sum", 0.0) / count if count else 0.0
+    buckets = sorted(
+        ((float(k[len("batch_le_") :]), v) for k, v in delta.items() if k.startswith("batch_le_")),
+        key=lambda kv: kv[0],
+    )
+    out["batch_histogram"] = {
+        f"<={bound:g}": count - previous
+        for (bound, count), previous in zip(buckets, [0.0] + [c for _, c in buckets], strict=False)
+        if count - previous > 0
+    }
+    return out
+
+
+@dataclass
+class ServedModel:
+    """One server process serving one model from ``repository``."""
+
+    repository: Path
+    model: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    launcher: tuple[str, ...] = ("-m", "inference_engine")  # bench.serve_with swaps uvicorn's loop/parser
+    log_path: Path | None = None
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    cold_start_s: float = 0.0
+    _psutil: psutil.Process | None = None
+    _peak_rss: int = 0
+    _sampling: threading.Event = field(default_factory=threading.Event)
+    _log: IO[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 300.0) -> ServedModel:
+        self.port = self.port or free_port()
+        environ = {**os.environ, **self.env}
+        command = [
+            sys.executable,
+            *self.launcher,
+            "serve",
+            "--config-dir",
+            str(ROOT / "configs"),
+            "--env",
+            "dev",
+            "--model-repository",
+            str(self.repository),
+            "--model",
+            self.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
+        self._log = self.log_path.open("wb") if self.log_path else None
+        sink = self._log if self._log is not None else subprocess.DEVNULL
+        started = time.perf_counter()
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, env=environ)
+        self._psutil = psutil.Process(self.process.pid)
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"server for {self.model} exited with {self.process.returncode}: see {self.log_path}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/ready", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.perf_counter() - started > timeout:
+                self.stop()
+                raise TimeoutError(
+                    f"server for {self.model} not ready in {timeout:.0f}s: see {self.log_path}"
+                )
+            time.sleep(0.05)
+        self.cold_start_s = time.perf_counter() - started
+        self._peak_rss = self.rss()
+        threading.Thread(target=self._sample_rss, daemon=True, name="rss-sampler").start()
+        return self
+
+    def _sample_rss(self) -> None:
+        while not self._sampling.wait(0.2):
+            try:
+                self._peak_rss = max(self._peak_rss, self.rss())
+            except psutil.Error:
+                return
+
+    def rss(self) -> int:
+        assert self._psutil is not None
+        return int(self._psutil.memory_info().rss)
+
+    @property
+    def peak_rss_mb(self) -> float:
+        return self._peak_rss / 2**20
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server process so far (all its threads)."""
+        assert self._psutil is not None
+        times = self._psutil.cpu_times()
+        return float(times.user + times.system)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._sampling.set()
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._log is not None:
+            self._log.close()
+
+    def __enter__(self) -> ServedModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,291 @@
+"""What the suite measures: the bench images and the model folders, built offline and cached.
+
+Images are real photographs from scikit-image, so JPEG entropy decoding costs what it costs on
+real uploads:
+
+* ``photos640``: eight 640x480 JPEGs (quality 90), the typical upload size.
+* ``photos12mp``: four 4000x3000 JPEGs (a phone camera's 12 MP), upscaled from the largest
+  scikit-image photos with seeded sensor-like grain so they compress (and decode) like real
+  camera files, about 3-4 MB each. Decoding dominates here.
+
+Models (weights cached under ``--cache``, a fresh repository written for each server start so
+that a run can override ``model.yaml`` keys):
+
+* ``tiny_cnn``: a few-thousand-parameter TorchScript CNN on 56x56 inputs; serving overhead
+  and decoding dominate.
+* ``efficientnet_lite0``: the shipped default model (torch, ImageNet weights).
+* ``efficientnet_lite0_onnx``: the same network exported with ``inference-engine export``,
+  on ONNX Runtime.
+* ``clip_vit_b32``: a Hugging Face ``CLIPModel(CLIPConfig())`` with random weights. The default
+  ``CLIPVisionConfig`` *is* ViT-B/32 (224 px, patch 32, 12 layers, width 768), so the image
+  tower does exactly the real model's arithmetic. The text tower (63M parameters) comes along
+  because the ``clip`` handler loads a whole ``CLIPModel``; it costs memory, not image-request
+  time: three labels are embedded once at load so ``/predict`` ranks them.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "inference-engine-bench"
+
+SMALL_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "immunohistochemistry",
+    "hubble_deep_field",
+    "retina",
+    "stereo_motorcycle",
+)
+LARGE_PHOTOS = ("stereo_motorcycle", "hubble_deep_field", "retina", "coffee")
+
+
+def _photo(name: str) -> Image.Image:
+    from skimage import data
+
+    array = getattr(data, name)()
+    if isinstance(array, tuple):  # stereo pairs: the left image
+        array = array[0]
+    return Image.fromarray(np.asarray(array)[..., :3]).convert("RGB")
+
+
+def _fit(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Centre-crop to the target aspect ratio, then resize (a photo, not a stretched one)."""
+    target = width / height
+    w, h = image.size
+    if w / h > target:
+        crop = round(h * target)
+        image = image.crop(((w - crop) // 2, 0, (w - crop) // 2 + crop, h))
+    else:
+        crop = round(w / target)
+        image = image.crop((0, (h - crop) // 2, w, (h - crop) // 2 + crop))
+    return image.resize((width, height), Image.Resampling.BICUBIC)
+
+
+def _jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+@cache
+def image_set(name: str) -> tuple[bytes, ...]:
+    """The encoded JPEGs of one image set (deterministic: same bytes on every run)."""
+    if name == "photos640":
+        return tuple(_jpeg(_fit(_photo(p), 640, 480)) for p in SMALL_PHOTOS)
+    if name == "photos12mp":
+        rng = np.random.default_rng(0)
+        out = []
+        for photo in LARGE_PHOTOS:
+            big = np.asarray(_fit(_photo(photo), 4000, 3000), dtype=np.int16)
+            grain = rng.normal(0.0, 4.0, big.shape[:2])[..., None]  # luminance grain, as a sensor's
+            out.append(_jpeg(Image.fromarray(np.clip(big + grain, 0, 255).astype(np.uint8))))
+        return tuple(out)
+    raise KeyError(f"unknown image set {name!r} (photos640, photos12mp)")
+
+
+IMAGE_SETS = ("photos640", "photos12mp")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One benchmarked model: how to build its folder and what ``model.yaml`` says."""
+
+    name: str
+    description: str
+    config: dict[str, Any]
+    weights_kind: str  # "tiny_cnn", "packaged", "onnx", "clip"
+    path: str = "/predict"  # the route the load generator posts to
+    settings_env: dict[str, str] = field(default_factory=dict)  # IE_* variables for the server
+
+    def model_yaml(self, weights: Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        document = copy.deepcopy(self.config)
+        if weights is not None:
+            document["weights"] = str(weights)
+        for key, value in (overrides or {}).items():
+            if isinstance(value, dict) and isinstance(document.get(key), dict):
+                document[key] = {**document[key], **value}
+            else:
+                document[key] = value
+        return {"name": self.name, **document}
+
+
+def _shipped_effnet() -> dict[str, Any]:
+    config: dict[str, Any] = yaml.safe_load(
+        (ROOT / "models" / "efficientnet_lite0" / "model.yaml").read_text()
+    )
+    config.pop("name")
+    return config
+
+
+def model_specs() -> dict[str, ModelSpec]:
+    """Every benchmarked model, by name; their ``model.yaml`` is what the suite serves by default."""
+    effnet = _shipped_effnet()
+    # ONNX Runtime keeps its per-image speed up to batch 8-16 where torch eager slows past 4: 8
+    # served the most at 32 clients (docs/PERFORMANCE.md, lever max_batch_onnx).
+    onnx_config = {**effnet, "backend": "onnx", "options": {"output": "logits"}, "max_batch_size": 8}
+    return {
+        "tiny_cnn": ModelSpec(
+            "tiny_cnn",
+            "TorchScript CNN, 56x56 input, ~300 parameters: serving overhead and decoding dominate",
+            {
+                "handler": "torchscript",
+                "labels": ["alpha", "beta", "gamma", "delta"],
+                "preprocessing": {"resize": 64, "crop": 56},
+                "max_batch_size": 32,
+                "max_batch_delay_ms": 5,
+                # One intra-op thread: two made served throughput 1.5-2.6x worse (docs/PERFORMANCE.md).
+                "intra_op_threads": 1,
+            },
+            "tiny_cnn",
+        ),
+        "efficientnet_lite0": ModelSpec(
+            "efficientnet_lite0",
+            "EfficientNet-Lite0 on PyTorch (the shipped default model)",
+            effnet,
+            "packaged",
+        ),
+        "efficientnet_lite0_onnx": ModelSpec(
+            "efficientnet_lite0_onnx",
+            "EfficientNet-Lite0 exported to ONNX, on ONNX Runtime",
+            onnx_config,
+            "onnx",
+        ),
+        "clip_vit_b32": ModelSpec(
+            "clip_vit_b32",
+            "CLIP ViT-B/32 image tower (random weights, real architecture), zero-shot over 3 labels",
+            {
+                "handler": "clip",
+                "labels": ["cat", "dog", "car"],
+                "options": {"templates": ["a photo of a {}."]},
+                "max_batch_size": 8,
+                "max_batch_delay_ms": 5,
+            },
+            "clip",
+        ),
+    }
+
+
+# -- weights, built once and cached -----------------------------------------------------------
+
+
+def _tiny_cnn(cache_dir: Path) -> Path:
+    path = cache_dir / "tiny_cnn.pt"
+    if path.is_file():
+        return path
+    import torch
+
+    class TinyCNN(torch.nn.Module):
+        """Conv 3->8 stride 2, ReLU, global pool, linear 8->4 (the tests' tiny classifier)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)
+            )
+            self.head = torch.nn.Linear(8, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.features(x).flatten(1))
+
+    torch.manual_seed(0)
+    tmp = path.with_suffix(".tmp")
+    torch.jit.save(torch.jit.script(TinyCNN().eval()), str(tmp))
+    tmp.rename(path)
+    return path
+
+
+def _onnx(cache_dir: Path) -> Path:
+    folder = cache_dir / "efficientnet_lite0_onnx"
+    onnx = folder / "model.onnx"
+    if onnx.is_file():
+        return onnx
+    if folder.exists():
+        shutil.rmtree(folder)
+    command = [
+        sys.executable,
+        "-m",
+        "inference_engine",
+        "export",
+        str(ROOT / "models" / "efficientnet_lite0"),
+        "--format",
+        "onnx",
+        "--output",
+        str(folder),
+    ]
+    subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return onnx
+
+
+def _clip(cache_dir: Path) -> Path:
+    folder = cache_dir / "clip_vit_b32"
+    if (folder / "preprocessor_config.json").is_file():
+        return folder
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    sys.path.insert(0, str(ROOT))
+    from tests.hf_models import CLIP_MEAN, CLIP_STD, clip_tokenizer  # the offline tokenizer builder
+
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = CLIPModel(CLIPConfig()).eval()  # default vision config = ViT-B/32
+    model.save_pretrained(str(tmp))
+    clip_tokenizer().save_pretrained(str(tmp))
+    processor = {
+        "image_processor_type": "CLIPImageProcessor",
+        "size": {"shortest_edge": 224},
+        "crop_size": {"height": 224, "width": 224},
+        "do_center_crop": True,
+        "do_resize": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": CLIP_MEAN,
+        "image_std": CLIP_STD,
+        "resample": 3,
+    }
+    import json
+
+    (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def weights_for(spec: ModelSpec, cache_dir: Path) -> Path | None:
+    """Build (first time) and return the cached weights of ``spec``; ``None`` for packaged weights."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    builders = {"tiny_cnn": _tiny_cnn, "onnx": _onnx, "clip": _clip}
+    if spec.weights_kind == "packaged":
+        return None
+    return builders[spec.weights_kind](cache_dir)
+
+
+def write_repository(
+    spec: ModelSpec, cache_dir: Path, target: Path, overrides: dict[str, Any] | None = None
+) -> Path:
+    """A one-model repository at ``target`` serving ``spec`` with ``overrides`` on its ``model.yaml``."""
+    folder = target / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    document = spec.model_yaml(weights_for(spec, cache_dir), overrides)
+    (folder / "model.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    return target
