@@ -241,7 +241,7 @@ def _clip(cache_dir: Path) -> Path:
     from transformers import CLIPConfig, CLIPModel
 
     sys.path.insert(0, str(ROOT))
-    from tests.hf_models import CLIP_MEAN, CLIP_STD, clip_tokenizer  # the offline tokenizer builder
+    from tests.hf_models import clip_tokenizer, preprocessor_config  # offline tokenizer, processor file
 
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -250,22 +250,7 @@ def _clip(cache_dir: Path) -> Path:
         model = CLIPModel(CLIPConfig()).eval()  # default vision config = ViT-B/32
     model.save_pretrained(str(tmp))
     clip_tokenizer().save_pretrained(str(tmp))
-    processor = {
-        "image_processor_type": "CLIPImageProcessor",
-        "size": {"shortest_edge": 224},
-        "crop_size": {"height": 224, "width": 224},
-        "do_center_crop": True,
-        "do_resize": True,
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": CLIP_MEAN,
-        "image_std": CLIP_STD,
-        "resample": 3,
-    }
-    import json
-
-    (tmp / "preprocessor_config.json").write_text(json.dumps(processor, indent=2))
+    preprocessor_config(tmp, {"shortest_edge": 224}, "CLIPImageProcessor", side=224)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
     return folder

@@ -76,11 +76,12 @@ def _write_model_yaml(folder: Path, handler: str, config: dict[str, Any]) -> Non
     (folder / "model.yaml").write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
 
 
-def _preprocessor_config(folder: Path, size: dict[str, int], processor: str) -> None:
+def preprocessor_config(folder: Path, size: dict[str, int], processor: str, side: int = IMAGE_SIDE) -> None:
+    """A Hugging Face ``preprocessor_config.json`` with CLIP's normalisation and a ``side`` crop."""
     config = {
         "image_processor_type": processor,
         "size": size,
-        "crop_size": {"height": IMAGE_SIDE, "width": IMAGE_SIDE},
+        "crop_size": {"height": side, "width": side},
         "do_center_crop": True,
         "do_resize": True,
         "do_rescale": True,
@@ -113,7 +114,7 @@ def build_tiny_clip(folder: Path, **config: Any) -> Path:
         ).eval()
     model.save_pretrained(str(weights))
     clip_tokenizer().save_pretrained(str(weights))
-    _preprocessor_config(weights, {"shortest_edge": IMAGE_SIDE}, "CLIPImageProcessor")
+    preprocessor_config(weights, {"shortest_edge": IMAGE_SIDE}, "CLIPImageProcessor")
     defaults: dict[str, Any] = {
         "labels": ["cat", "dog", "car"],
         "top_k": 3,
@@ -157,7 +158,7 @@ def build_tiny_flava(folder: Path, labels: Sequence[str], **config: Any) -> Path
         head_bias = torch.zeros(len(labels))
     model.save_pretrained(str(weights))
     bert_tokenizer().save_pretrained(str(weights))
-    _preprocessor_config(weights, {"height": IMAGE_SIDE, "width": IMAGE_SIDE}, "FlavaImageProcessor")
+    preprocessor_config(weights, {"height": IMAGE_SIDE, "width": IMAGE_SIDE}, "FlavaImageProcessor")
     save_head(folder / "head.safetensors", head_weight.numpy(), head_bias.numpy(), labels)
     defaults: dict[str, Any] = {"top_k": 3, "max_batch_size": 4}
     _write_model_yaml(folder, "flava_classifier", {**defaults, **config})

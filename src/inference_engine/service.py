@@ -16,13 +16,13 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from opentelemetry import trace
 
+from inference_engine.answers import Embeddings, InputRun, Prediction, Rows, TextLimits
 from inference_engine.batching import BatchResult
 from inference_engine.errors import (
     DeadlineExceeded,
@@ -45,72 +45,6 @@ logger = logging.getLogger("inference_engine.service")
 R = TypeVar("R")
 A = TypeVar("A")
 B = TypeVar("B")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What a transport needs to format one answer."""
-
-    model: str
-    model_version: str
-    body: dict[str, Any]
-    preprocess_s: float
-    queue_s: float
-    inference_s: float
-    batch_size: int
-
-
-@dataclass(frozen=True)
-class Embeddings:
-    """Embeddings for the images or texts of one request, in the order given."""
-
-    model: str
-    model_version: str
-    modality: Modality
-    vectors: list[Embedding]
-    preprocess_s: float
-    queue_s: float
-    inference_s: float
-    batch_sizes: list[int]
-
-    @property
-    def dimension(self) -> int:
-        return int(self.vectors[0].shape[0]) if self.vectors else 0
-
-
-@dataclass(frozen=True)
-class Rows:
-    """Raw outputs for the inputs of one request, in order, and the handler that made them."""
-
-    model: str
-    model_version: str
-    modality: Modality
-    handler: ModelHandler[Any, Any]
-    outputs: list[Any]
-    preprocess_s: float
-    queue_s: float
-    inference_s: float
-    batch_sizes: list[int]
-
-
-@dataclass(frozen=True)
-class TextLimits:
-    """Bounds on the texts and labels a request may bring."""
-
-    max_items: int = 64
-    max_labels: int = 256
-    max_chars: int = 2000
-
-
-@dataclass(frozen=True)
-class _Run:
-    """One input's output from a batch, and what it cost."""
-
-    output: Any
-    preprocess_s: float
-    queue_s: float
-    inference_s: float
-    batch_size: int
 
 
 class InferenceService:
@@ -278,7 +212,7 @@ class InferenceService:
         handler = runtime.handlers[0]
         if labels is not None:
             self._require(handler, "zero_shot")
-            labels = self.check_labels(labels)
+            labels = self.text_limits.check_labels(labels)
         else:
             self._require(handler, "classify")
         top_k = top_k or runtime.config.top_k
@@ -366,7 +300,7 @@ class InferenceService:
                 items = [handler.tensor_item(row) for row in tensors]
                 work = [self._submit(runtime, "image", i, 0.0, deadline, request_id) for i in items]
             else:
-                checked = [self._check_text(text, "text") for text in texts]
+                checked = [self.text_limits.check_text(text, "text") for text in texts]
                 work = [self._run_text(runtime, handler, [t], deadline, request_id) for t in checked]
             runs = await _gather_or_cancel(*work)
         return Rows(
@@ -412,32 +346,12 @@ class InferenceService:
             }[task]
             raise handler._unsupported(what)
 
-    def _check_text(self, text: object, what: str) -> str:
-        if not isinstance(text, str) or not text.strip():
-            raise InvalidInput(f"each {what} must be a non-empty string")
-        if len(text) > self.text_limits.max_chars:
-            raise InvalidInput(
-                f"a {what} of {len(text)} characters is longer than the limit of {self.text_limits.max_chars}"
-            )
-        return text
-
-    def check_labels(self, labels: Sequence[str]) -> list[str]:
-        """Zero-shot labels as given, refused (422) when empty, too many, too long or repeated."""
-        if not labels:
-            raise InvalidInput("'labels' must name at least one label")
-        if len(labels) > self.text_limits.max_labels:
-            raise InvalidInput(f"{len(labels)} labels; the limit is {self.text_limits.max_labels}")
-        checked = [self._check_text(label, "label") for label in labels]
-        if len(set(checked)) != len(checked):
-            raise InvalidInput("'labels' must not repeat a label")
-        return checked
-
     # -- running inputs through the batchers --------------------------------------------------
 
     async def _run_image(
         self, runtime: ModelRuntime, handler: ModelHandler[Any, Any], data: bytes, deadline: float,
         request_id: str,
-    ) -> _Run:  # fmt: skip
+    ) -> InputRun:  # fmt: skip
         started = time.monotonic()
         # Announced to the batcher while it decodes, so a forming batch waits for it (and only
         # while something is on its way); the announcement ends right before _submit queues it.
@@ -450,7 +364,7 @@ class InferenceService:
     async def _run_text(
         self, runtime: ModelRuntime, handler: ModelHandler[Any, Any], prompts: list[str], deadline: float,
         request_id: str,
-    ) -> _Run:  # fmt: skip
+    ) -> InputRun:  # fmt: skip
         started = time.monotonic()
         with _announced(runtime, "text"), self._tracer.start_as_current_span("tokenize"):
             item = await self._in_pool(handler.preprocess_text, prompts)
@@ -472,7 +386,7 @@ class InferenceService:
     async def _submit(
         self, runtime: ModelRuntime, modality: Modality, item: Any, preprocess_s: float, deadline: float,
         request_id: str,
-    ) -> _Run:  # fmt: skip
+    ) -> InputRun:  # fmt: skip
         self._check_ready(runtime)
         batcher = runtime.batchers[modality]  # ready implies running batchers
         request_span = trace.get_current_span().get_span_context()
@@ -484,7 +398,7 @@ class InferenceService:
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within the request deadline ({runtime.name})") from None
         self._record_batch_spans(enqueued_ns, result)
-        return _Run(result.output, preprocess_s, result.queue_s, result.inference_s, result.batch_size)
+        return InputRun(result.output, preprocess_s, result.queue_s, result.inference_s, result.batch_size)
 
 
 def _announced(runtime: ModelRuntime, modality: Modality) -> contextlib.AbstractContextManager[None]:
