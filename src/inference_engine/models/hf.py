@@ -106,20 +106,72 @@ def max_tokens(tokenizer: PreTrainedTokenizerBase, text_config: object, folder: 
     return min(config_int(text_config, "max_position_embeddings", folder), int(tokenizer.model_max_length))
 
 
-def processor_preprocessing(path: Path, *, int_size_is_square: bool) -> dict[str, Any]:
-    """``PreprocessingConfig`` fields from a Hugging Face ``preprocessor_config.json``.
+PREPROCESSOR_CONFIG = "preprocessor_config.json"
+PROCESSOR_CONFIG = "processor_config.json"
+# The key of processor_config.json under which transformers 5 nests the image processor's settings.
+IMAGE_PROCESSOR_KEY = "image_processor"
 
-    ``size`` as ``{"shortest_edge": n}`` resizes the shorter side, ``{"height": n, "width": n}``
-    stretches to a square; a bare int means either, depending on the processor
-    (``int_size_is_square``: FLAVA's stretches, CLIP's keeps the aspect ratio). Mean and std are
-    converted to 0..255 units through ``rescale_factor``.
-    """
+
+def _read_json(path: Path) -> dict[str, Any]:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{path} cannot be read: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ModelLoadError(f"{path} does not hold a JSON object")
+    return cast("dict[str, Any]", raw)
 
-    def side(value: object) -> tuple[int, Literal["shorter_side", "stretch"]]:
+
+def _image_processor_section(path: Path, raw: dict[str, Any]) -> dict[str, Any] | None:
+    """The image processor's settings in ``path``, read as ``raw``.
+
+    The whole of a ``preprocessor_config.json``; the ``image_processor`` object of a
+    ``processor_config.json``, or ``None`` when it has none (transformers 4 wrote such files
+    with the processor's own settings only).
+    """
+    if path.name != PROCESSOR_CONFIG:
+        return raw
+    section = raw.get(IMAGE_PROCESSOR_KEY)
+    if section is not None and not isinstance(section, dict):
+        raise ModelLoadError(f"{path}: {IMAGE_PROCESSOR_KEY} is not an object ({section!r})")
+    return cast("dict[str, Any] | None", section)
+
+
+def image_processor_file(folder: Path) -> Path | None:
+    """The file of ``folder`` that holds its image processor's settings, or ``None``.
+
+    ``preprocessor_config.json`` when there is one (what transformers 4 and an image processor's
+    own ``save_pretrained`` write), else ``processor_config.json`` if it nests the settings under
+    ``image_processor`` (what a processor's ``save_pretrained`` writes in transformers 5, with no
+    ``preprocessor_config.json``). Note that transformers itself prefers the nested settings
+    when a folder has both files; such a folder's ``preprocessor_config.json`` is kept here so
+    that folders which served before serve the same.
+    """
+    preprocessor = folder / PREPROCESSOR_CONFIG
+    if preprocessor.is_file():
+        return preprocessor
+    processor = folder / PROCESSOR_CONFIG
+    if processor.is_file() and _image_processor_section(processor, _read_json(processor)) is not None:
+        return processor
+    return None
+
+
+def processor_preprocessing(path: Path, *, int_size_is_square: bool) -> dict[str, Any]:
+    """``PreprocessingConfig`` fields from the image processor's settings in the file ``path``.
+
+    ``path`` is a ``preprocessor_config.json``, or a ``processor_config.json`` with the settings
+    nested under ``image_processor`` (see :func:`image_processor_file`); errors name it, and the
+    section for nested keys. ``size`` as ``{"shortest_edge": n}`` resizes the shorter side,
+    ``{"height": n, "width": n}`` stretches to a square; a bare int means either, depending on
+    the processor (``int_size_is_square``: FLAVA's stretches, CLIP's keeps the aspect ratio).
+    Mean and std are converted to 0..255 units through ``rescale_factor``.
+    """
+    raw = _image_processor_section(path, _read_json(path))
+    if raw is None:
+        raise ModelLoadError(f"{path} has no {IMAGE_PROCESSOR_KEY} settings")
+    prefix = f"{IMAGE_PROCESSOR_KEY}." if path.name == PROCESSOR_CONFIG else ""
+
+    def side(key: str, value: object) -> tuple[int, Literal["shorter_side", "stretch"]]:
         if isinstance(value, int):
             return value, "stretch" if int_size_is_square else "shorter_side"
         if isinstance(value, dict):
@@ -127,10 +179,12 @@ def processor_preprocessing(path: Path, *, int_size_is_square: bool) -> dict[str
                 return int(value["shortest_edge"]), "shorter_side"
             if isinstance(value.get("height"), int) and value.get("height") == value.get("width"):
                 return int(value["height"]), "stretch"
-        raise ModelLoadError(f"{path}: size {value!r} is not supported; set preprocessing in model.yaml")
+        raise ModelLoadError(
+            f"{path}: {prefix}{key} {value!r} is not supported; set preprocessing in model.yaml"
+        )
 
-    resize, mode = side(raw.get("size", 224))
-    crop = side(raw.get("crop_size", resize))[0] if raw.get("do_center_crop", True) else resize
+    resize, mode = side("size", raw.get("size", 224))
+    crop = side("crop_size", raw.get("crop_size", resize))[0] if raw.get("do_center_crop", True) else resize
     scale = float(raw.get("rescale_factor", 1 / 255)) if raw.get("do_rescale", True) else 1.0
     normalize = raw.get("do_normalize", True)
     mean = raw.get("image_mean", [0.0] * 3) if normalize else [0.0] * 3
