@@ -34,13 +34,13 @@ serve: install ## Serve the model repository (HOST, PORT, ENV, MODEL_REPOSITORY 
 	$(BIN)/inference-engine serve --host $(HOST) --port $(PORT) --env $(ENV) --model-repository $(MODEL_REPOSITORY)
 
 lint: install-dev ## ruff (lint + format check) and mypy --strict
-	$(BIN)/ruff check src tests bench service.py locustfile.py
-	$(BIN)/ruff format --check src tests bench service.py locustfile.py
+	$(BIN)/ruff check src tests bench tools service.py locustfile.py
+	$(BIN)/ruff format --check src tests bench tools service.py locustfile.py
 	$(BIN)/mypy --strict src
 
 format: install-dev ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src tests bench service.py locustfile.py
-	$(BIN)/ruff format src tests bench service.py locustfile.py
+	$(BIN)/ruff check --fix src tests bench tools service.py locustfile.py
+	$(BIN)/ruff format src tests bench tools service.py locustfile.py
 
 test: lint ## Lint, type-check, then the whole test suite with coverage (fails under 85%)
 	rm -f .coverage .coverage.*

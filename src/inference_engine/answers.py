@@ -1,23 +1,31 @@
-"""What the data plane hands a transport: answers with their costs, and the bounds on text input.
+"""What the data plane hands a transport: typed answers, metadata and state, with no HTTP in them.
 
-Plain frozen values with no HTTP in them, so every transport (native REST, Open Inference
-Protocol V2, OpenAI embeddings) formats the same results its own way.
+Plain frozen values built from numpy arrays and builtins, so every transport (native REST, Open
+Inference Protocol V2 over REST or gRPC, OpenAI embeddings) formats the same results its own way
+without importing a model handler, a runtime or a batcher.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
 
 from inference_engine.errors import InvalidInput
-from inference_engine.models.base import Embedding, ModelHandler
-from inference_engine.runtime import Modality
+
+Modality = Literal["image", "text"]
+Vector = npt.NDArray[np.float32]
+#: The output tensors a model may answer, by their V2 names.
+OutputName = Literal["probabilities", "embeddings"]
+OUTPUT_NAMES: tuple[OutputName, ...] = ("probabilities", "embeddings")
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """What a transport needs to format one answer."""
+    """One classified image: the answer's JSON fields (``predictions``) and what it cost."""
 
     model: str
     model_version: str
@@ -35,7 +43,7 @@ class Embeddings:
     model: str
     model_version: str
     modality: Modality
-    vectors: list[Embedding]
+    vectors: list[Vector]
     preprocess_s: float
     queue_s: float
     inference_s: float
@@ -45,20 +53,97 @@ class Embeddings:
     def dimension(self) -> int:
         return int(self.vectors[0].shape[0]) if self.vectors else 0
 
+    @property
+    def batch_size(self) -> int:
+        return max(self.batch_sizes, default=0)
+
 
 @dataclass(frozen=True)
 class Rows:
-    """Raw outputs for the inputs of one request, in order, and the handler that made them."""
+    """The output tensors for the rows of one request (the V2 protocol's batch), in order.
+
+    ``tensors`` holds each requested output as one ``[rows, ...]`` FP32 array, in the order
+    asked for; ``labels`` names the columns of ``probabilities``.
+    """
 
     model: str
     model_version: str
     modality: Modality
-    handler: ModelHandler[Any, Any]
-    outputs: list[Any]
+    tensors: dict[OutputName, Vector]
+    labels: list[str]
     preprocess_s: float
     queue_s: float
     inference_s: float
     batch_sizes: list[int]
+
+    @property
+    def batch_size(self) -> int:
+        return max(self.batch_sizes, default=0)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output tensor: its V2 name, datatype and shape (``-1``: any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    format: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a model takes and gives; before it has loaded, only what its folder says."""
+
+    name: str
+    version: str
+    platform: str
+    loaded: bool
+    tasks: frozenset[str]
+    inputs: tuple[TensorSpec, ...]  # encoded images, texts: what every route takes
+    tensor_input: TensorSpec | None  # pre-processed pixels, for tensor protocols (V2, gRPC)
+    outputs: tuple[TensorSpec, ...]
+    input_size: tuple[int, int, int]
+    labels_count: int
+    embedding_dimension: int | None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A model's state as operators read it (``/v1/models``, ``/info``)."""
+
+    name: str
+    state: str
+    ready: bool
+    error: str | None
+    reason: str | None  # why it is not ready; None when it is
+    # None for a folder that failed validation (there is no configuration to show).
+    version: str | None = None
+    handler: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    instances: int | None = None
+    batching: Mapping[str, float] | None = None  # max_batch_size, max_batch_delay_ms, max_queue_size
+    labels_count: int | None = None
+    load_seconds: float | None = None
+    warmup_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether the server takes work: every model ready, and not shutting down."""
+
+    draining: bool
+    models: Mapping[str, str | None]  # name -> None when ready, else why not
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.models) and not self.draining and all(r is None for r in self.models.values())
+
+    @property
+    def not_ready(self) -> dict[str, str]:
+        return {name: reason for name, reason in self.models.items() if reason is not None}
 
 
 @dataclass(frozen=True)
@@ -89,14 +174,3 @@ class TextLimits:
         if len(set(checked)) != len(checked):
             raise InvalidInput("'labels' must not repeat a label")
         return checked
-
-
-@dataclass(frozen=True)
-class InputRun:
-    """One input's output from a batch, and what it cost."""
-
-    output: Any
-    preprocess_s: float
-    queue_s: float
-    inference_s: float
-    batch_size: int

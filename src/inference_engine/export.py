@@ -1,8 +1,7 @@
 """``inference-engine export``: turn a torch-backed model folder into an ONNX model folder.
 
-Why: ONNX Runtime runs the same network faster than torch eager on a CPU (EfficientNet-Lite0 on
-two cores: about three times the images per second), and an ONNX folder serves without the
-model's Python code.
+Why: ONNX Runtime runs the same network faster than torch eager on a CPU (docs/PERFORMANCE.md
+has the figures), and an ONNX folder serves without the model's Python code.
 The export is only worth having if it answers like the original, so it is verified before it
 is kept: the new folder is built beside the target under a temporary name, loaded by the ONNX
 backend exactly as ``serve`` would load it, fed the same pre-processed images as the torch

@@ -11,26 +11,19 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from inference_engine.errors import ImageTooLarge, ImageTooSmall, InvalidInput, UnsupportedMediaType
+from inference_engine.settings import ImageSettings
 
 #: Formats accepted, by the name Pillow gives them.
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")
 
 
-@dataclass(frozen=True)
-class ImageLimits:
-    """Bounds on what a request may make the server decode."""
-
-    max_pixels: int = 40_000_000
-    min_width: int = 8
-    min_height: int = 8
-    max_width: int = 16384
-    max_height: int = 16384
+#: The decoder's bounds are the ``images`` section of the configuration, one type for both.
+ImageLimits = ImageSettings
 
 
 def sniff_format(data: bytes) -> str:

@@ -13,7 +13,7 @@ import logging.config
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from inference_engine.settings import LoggingSettings
 from inference_engine.tracing import current_trace_id
@@ -21,12 +21,20 @@ from inference_engine.tracing import current_trace_id
 
 @dataclass
 class RequestContext:
-    """Facts about the current request that the access log line reports."""
+    """Facts about the current request: what the access log line and request metrics report,
+    and what the one error handler needs to answer in the right shape."""
 
     request_id: str
+    #: ``time.monotonic()`` when the request arrived; its deadline counts from here.
+    started: float = field(default_factory=time.monotonic)
+    #: The served model it named (only known names: it becomes a metric label).
     model: str | None = None
+    #: The largest batch any of its inputs ran in.
     batch_size: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The stable error code it was answered with, if any.
+    error: str | None = None
+    #: The protocol of the route that took it: V2 routes answer errors in V2's shape.
+    protocol: Literal["native", "v2"] = "native"
 
 
 current_request: ContextVar[RequestContext | None] = ContextVar("current_request", default=None)

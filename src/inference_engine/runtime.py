@@ -13,22 +13,21 @@ import enum
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from opentelemetry import trace
 from PIL import Image
 
+from inference_engine.answers import Modality
 from inference_engine.batching import BatchPolicy, DynamicBatcher, ModelWorker
 from inference_engine.errors import ModelLoadError, ModelNotReady
 from inference_engine.labelcache import LabelEmbeddingCache
 from inference_engine.metrics import Metrics
-from inference_engine.models.base import ModelConfig, ModelHandler
+from inference_engine.models.base import Capabilities, ModelConfig, ModelHandler
 from inference_engine.models.loader import ModelSpec
 from inference_engine.stats import ModelStatistics
 
-logger = logging.getLogger("inference_engine.service")
-
-Modality = Literal["image", "text"]
+logger = logging.getLogger("inference_engine.runtime")
 
 
 class ModelState(enum.StrEnum):
@@ -52,15 +51,14 @@ class ModelRuntime:
     workers: list[ModelWorker] = field(default_factory=list)
     batchers: dict[Modality, DynamicBatcher[Any, Any]] = field(default_factory=dict)
     label_cache: LabelEmbeddingCache | None = None
+    # Settled at load: the handler's own copy of the configuration (pre-processing read from a
+    # folder) and what the loaded instance offers. Kept across restarts until the next load.
+    settled: ModelConfig | None = None
+    capabilities: Capabilities | None = None
     stats: ModelStatistics = field(default_factory=ModelStatistics)
     load_seconds: float | None = None
     warmup_seconds: float | None = None
     restarts: int = 0
-
-    @property
-    def batcher(self) -> DynamicBatcher[Any, Any] | None:
-        """The image batcher (every model has one once loaded)."""
-        return self.batchers.get("image")
 
     @property
     def alive(self) -> bool:
@@ -82,15 +80,16 @@ class ModelRuntime:
 
     @property
     def config(self) -> ModelConfig:
+        """The configuration in force: as the handler settled it once loaded, else the folder's."""
+        if self.settled is not None:
+            return self.settled
         if self.spec is None:
             raise ModelNotReady(f"model {self.name} is not ready: {self.not_ready_reason()}")
         return self.spec.config
 
     def policy(self) -> BatchPolicy:
         config = self.config
-        assert config.max_batch_size is not None
-        assert config.max_queue_size is not None
-        return BatchPolicy(config.max_batch_size, config.max_batch_delay_ms or 0.0, config.max_queue_size)
+        return BatchPolicy(config.max_batch_size, config.max_batch_delay_ms, config.max_queue_size)
 
     async def load(self, metrics: Metrics, tracer: trace.Tracer) -> None:
         """Build the instances on their own threads, warm them, run the canary, start batching.
@@ -129,7 +128,9 @@ class ModelRuntime:
             )
             await self.release()
             return
-        self._start_batchers(metrics, tracer)
+        self.settled = self.handlers[0].config
+        self.capabilities = self.handlers[0].capabilities()
+        self._start_batchers(metrics, tracer, self.capabilities)
         self.state = ModelState.READY
         metrics.model_load_seconds.labels(self.name).set(self.load_seconds)
         metrics.model_warmup_seconds.labels(self.name).set(self.warmup_seconds)
@@ -140,35 +141,25 @@ class ModelRuntime:
                    "warmup_ms": round(self.warmup_seconds * 1000, 1), "instances": config.instances},
         )  # fmt: skip
 
-    def _start_batchers(self, metrics: Metrics, tracer: trace.Tracer) -> None:
+    def _start_batchers(self, metrics: Metrics, tracer: trace.Tracer, offered: Capabilities) -> None:
         """An image batcher for every model; a text batcher on the same threads for text towers."""
-        pairs = list(zip(self.workers, self.handlers, strict=True))
-        self.batchers["image"] = DynamicBatcher(
-            self.name,
-            self.policy(),
-            [(w, h.predict) for w, h in pairs],
-            metrics,
-            tracer,
-            on_batch=self.stats.record_batch,
-            eager=True,
-        )
-        tasks = self.handlers[0].tasks()
-        if tasks & {"embed_text", "zero_shot"}:
-            # Its own metric label, so queue depth and batch sizes of the two kinds stay apart.
-            self.batchers["text"] = DynamicBatcher(
-                f"{self.name}:text",
-                self.policy(),
-                [(w, h.predict_text) for w, h in pairs],
-                metrics,
-                tracer,
-                on_batch=self.stats.record_batch,
-                eager=True,
+
+        def batcher(label: str, forwards: list[Any]) -> DynamicBatcher[Any, Any]:
+            runs = list(zip(self.workers, forwards, strict=True))
+            return DynamicBatcher(
+                label, self.policy(), runs, metrics, tracer, on_batch=self.stats.record_batch, eager=True
             )
-        if "zero_shot" in tasks and self.label_cache is None:
+
+        self.batchers["image"] = batcher(self.name, [h.predict for h in self.handlers])
+        if offered.text_encoder is not None:
+            encoders = [h.capabilities().text_encoder for h in self.handlers]
+            # Its own metric label, so queue depth and batch sizes of the two kinds stay apart.
+            self.batchers["text"] = batcher(f"{self.name}:text", [e.predict_text for e in encoders if e])
+        if offered.zero_shot is not None and self.label_cache is None:
             # Kept across watchdog restarts: the same weights give the same label embeddings.
             self.label_cache = LabelEmbeddingCache(self.name, self.config.label_cache_size, metrics)
-        for batcher in self.batchers.values():
-            batcher.start()
+        for each in self.batchers.values():
+            each.start()
 
     async def release(self) -> None:
         """Unload every instance on its own thread and end the threads."""
@@ -192,7 +183,8 @@ def _canary(handler: ModelHandler[Any, Any]) -> None:
         raise ModelLoadError(f"canary inference returned {len(outputs)} outputs for 1 input")
     if isinstance(outputs[0], BaseException):
         raise ModelLoadError(f"canary inference failed: {type(outputs[0]).__name__}: {outputs[0]}")
-    if handler.tasks() & {"embed_text", "zero_shot"}:
-        (text,) = handler.predict_text([handler.preprocess_text(["a photo"])])
+    encoder = handler.capabilities().text_encoder
+    if encoder is not None:
+        (text,) = encoder.predict_text([encoder.preprocess_text(["a photo"])])
         if isinstance(text, BaseException):
             raise ModelLoadError(f"canary text inference failed: {type(text).__name__}: {text}")

@@ -1,42 +1,58 @@
-"""The data plane: decode -> submit -> await -> format. No HTTP types here.
+"""The data plane: the one interface every transport calls. No HTTP or gRPC types here.
 
 :class:`InferenceService` owns the models (each a :class:`ModelRuntime`), the worker pool that
-decodes images, and start-up / shutdown. Any transport (REST today, others later) calls
-:meth:`InferenceService.infer` and formats what it gets back.
+decodes images, and start-up / shutdown. A transport asks it for everything (readiness, model
+metadata and state, statistics, predictions, embeddings and output rows) and gets typed values
+from :mod:`inference_engine.answers` back; it never touches a handler, a runtime or a batcher.
+Which version serves a request and whether a model can answer it are decided here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, TypeVar
+from collections.abc import Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 from opentelemetry import trace
 
-from inference_engine.answers import Embeddings, InputRun, Prediction, Rows, TextLimits
-from inference_engine.batching import BatchResult
+from inference_engine.answers import (
+    Embeddings,
+    Modality,
+    ModelMetadata,
+    ModelStatus,
+    Prediction,
+    Readiness,
+    Rows,
+    TextLimits,
+)
+from inference_engine.describe import model_metadata, model_status
 from inference_engine.errors import (
-    DeadlineExceeded,
     InvalidInput,
     ModelLoadError,
     ModelNotFound,
     ModelNotReady,
     ShuttingDown,
 )
-from inference_engine.imaging import ImageLimits, decode_image
+from inference_engine.imaging import ImageLimits
 from inference_engine.metrics import Metrics
-from inference_engine.models.base import Embedding, ModelHandler, Task
+from inference_engine.models.base import Capabilities, Embedding
+from inference_engine.models.capabilities import ZeroShot
 from inference_engine.models.loader import BrokenModel, ModelSpec
-from inference_engine.runtime import Modality, ModelRuntime, ModelState
+from inference_engine.outputs import (
+    check_outputs,
+    default_outputs,
+    known_outputs,
+    output_tensor,
+    tensor_items,
+)
+from inference_engine.pipeline import InputPipeline, both, gather_or_cancel
+from inference_engine.runtime import ModelRuntime, ModelState
 
 __all__ = ["Embeddings", "InferenceService", "ModelRuntime", "ModelState", "Prediction", "Rows", "TextLimits"]
 
@@ -78,7 +94,7 @@ class InferenceService:
             )
         self.default_model = default_model or (min(self.runtimes) if self.runtimes else None)
         workers = preprocess_workers or (os.cpu_count() or 1)
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+        self.pipeline = InputPipeline(metrics, self._tracer, limits, workers, admit=self._check_ready)
         self._draining = False
         self._shutdown_started: float | None = None
         self._load_task: asyncio.Task[None] | None = None
@@ -150,7 +166,7 @@ class InferenceService:
                 runtime.state = ModelState.STOPPED
                 self.metrics.model_ready.labels(runtime.name).set(0)
             await runtime.release()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.pipeline.shutdown()
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -158,38 +174,64 @@ class InferenceService:
     def draining(self) -> bool:
         return self._draining
 
-    def runtime(self, name: str) -> ModelRuntime:
+    def runtime(self, name: str, version: str | None = None) -> ModelRuntime:
+        """The runtime serving ``name`` (``version`` of it when given); 404 for anything else."""
         try:
-            return self.runtimes[name]
+            runtime = self.runtimes[name]
         except KeyError:
             known = ", ".join(sorted(self.runtimes)) or "none"
             shown = name if len(name) <= 64 else name[:64] + "..."
             raise ModelNotFound(f"no model named {shown!r} (served: {known})") from None
+        if version is not None and runtime.spec is not None and version != runtime.config.version:
+            raise ModelNotFound(
+                f"model {runtime.name} has no version {version[:32]!r} (served: {runtime.config.version})"
+            )
+        return runtime
 
-    def readiness(self) -> dict[str, str | None]:
-        """Model name -> ``None`` when ready, else why not."""
-        return {name: None if r.ready else r.not_ready_reason() for name, r in sorted(self.runtimes.items())}
+    def model_name(self, name: str | None, version: str | None = None) -> str:
+        """The served model a request names (``None``: the default model); 404 when unknown."""
+        if name is None:
+            if self.default_model is None:
+                raise ModelNotFound("no model is configured")
+            name = self.default_model
+        return self.runtime(name, version).name
+
+    def readiness(self) -> Readiness:
+        """Every model's readiness (``None`` when ready, else why not), and whether draining."""
+        models = {
+            name: None if r.ready else r.not_ready_reason() for name, r in sorted(self.runtimes.items())
+        }
+        return Readiness(draining=self._draining, models=models)
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        return self.runtime(name, version).ready and not self._draining
+
+    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        """Inputs, outputs and tasks of a model (503 for a folder that failed validation)."""
+        return model_metadata(self.runtime(name, version))
+
+    def model_status(self, name: str) -> ModelStatus:
+        return model_status(self.runtime(name))
+
+    def models(self) -> list[ModelStatus]:
+        """Every model's state, by name."""
+        return [model_status(r) for _, r in sorted(self.runtimes.items())]
+
+    def statistics(self, name: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
+        """Per-model totals in Triton's statistics shape: one model's, or every model's."""
+        runtimes = (
+            [self.runtime(name, version)]
+            if name is not None
+            else [r for _, r in sorted(self.runtimes.items())]
+        )
+        return [r.stats.as_triton(r.name, r.spec.config.version if r.spec else "") for r in runtimes]
+
+    def refresh_gauges(self) -> None:
+        """Bring the readiness gauges up to date before a scrape (a batch loop may have died)."""
+        for runtime in self.runtimes.values():
+            self.metrics.model_ready.labels(runtime.name).set(1 if runtime.ready else 0)
 
     # -- the request path ------------------------------------------------------------------
-
-    async def _in_pool(self, fn: Callable[..., R], *args: Any) -> R:
-        loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()
-        return await loop.run_in_executor(self._pool, functools.partial(context.run, fn, *args))
-
-    def _record_batch_spans(self, enqueued_ns: int, result: BatchResult[Any]) -> None:
-        """Queue-wait and inference spans for this request, timed from what the batcher measured."""
-        batch_started_ns = enqueued_ns + int(result.queue_s * 1e9)
-        self._tracer.start_span("queue_wait", start_time=enqueued_ns).end(end_time=batch_started_ns)
-        span = self._tracer.start_span(
-            "inference",
-            start_time=batch_started_ns,
-            attributes={
-                "inference_engine.batch.size": result.batch_size,
-                "inference_engine.batch.id": result.batch_id,
-            },
-        )
-        span.end(end_time=batch_started_ns + int(result.inference_s * 1e9))
 
     async def infer(
         self,
@@ -200,32 +242,34 @@ class InferenceService:
         deadline: float,
         request_id: str = "-",
         labels: Sequence[str] | None = None,
+        version: str | None = None,
     ) -> Prediction:
         """Classify one encoded image with model ``name``: with its own labels, or zero-shot ones.
 
         Raises an ``EngineError`` on any failure.
         """
-        runtime = self.runtime(name)
-        self._check_ready(runtime)
+        runtime = self.runtime(name, version)
+        offered = self._check_ready(runtime)
         # The instances this request uses, taken now: a watchdog restart may replace them while
         # it waits, and it must then fail with 503, not trip over the swap.
         handler = runtime.handlers[0]
+        ranker: ZeroShot | None = None
         if labels is not None:
-            self._require(handler, "zero_shot")
+            ranker = offered.requiring_zero_shot(name)
             labels = self.text_limits.check_labels(labels)
         else:
-            self._require(handler, "classify")
+            offered.require("classify", name)
         top_k = top_k or runtime.config.top_k
         with self._accounted(runtime):
-            if labels is None:
-                run = await self._run_image(runtime, handler, data, deadline, request_id)
+            if ranker is None or labels is None:
+                run = await self.pipeline.image(runtime, handler, data, deadline, request_id)
                 body = handler.postprocess(run.output, top_k=top_k)
             else:
-                run, label_embeddings = await _both(
-                    self._run_image(runtime, handler, data, deadline, request_id),
-                    self._label_embeddings(runtime, handler, labels, deadline, request_id),
+                run, label_embeddings = await both(
+                    self.pipeline.image(runtime, handler, data, deadline, request_id),
+                    self._label_embeddings(runtime, ranker, labels, deadline, request_id),
                 )
-                body = handler.rank_labels(run.output, label_embeddings, labels, top_k=top_k)
+                body = ranker.rank_labels(run.output, label_embeddings, labels, top_k=top_k)
         return Prediction(
             model=name,
             model_version=runtime.config.version,
@@ -244,17 +288,18 @@ class InferenceService:
         texts: Sequence[str] = (),
         deadline: float,
         request_id: str = "-",
+        version: str | None = None,
     ) -> Embeddings:
         """L2-normalised embeddings of several images or several texts (not both)."""
         rows = await self.run_rows(
-            name, images=images, texts=texts, deadline=deadline, request_id=request_id, task="embed"
-        )
-        vectors = [rows.handler.embed(o) for o in rows.outputs] if images else list(rows.outputs)
+            name, images=images, texts=texts, deadline=deadline, request_id=request_id,
+            outputs=["embeddings"], version=version,
+        )  # fmt: skip
         return Embeddings(
-            model=name,
+            model=rows.model,
             model_version=rows.model_version,
             modality=rows.modality,
-            vectors=vectors,
+            vectors=list(rows.tensors["embeddings"]),
             preprocess_s=rows.preprocess_s,
             queue_s=rows.queue_s,
             inference_s=rows.inference_s,
@@ -270,12 +315,15 @@ class InferenceService:
         texts: Sequence[str] = (),
         deadline: float,
         request_id: str = "-",
-        task: Literal["classify", "embed", "any"] = "any",
+        outputs: Sequence[str] | None = None,
+        version: str | None = None,
     ) -> Rows:
-        """Raw outputs for several inputs of one kind, in order (the V2 protocol's batch rows).
+        """The output tensors for several inputs of one kind, in order (the V2 protocol's rows).
 
-        Each input is queued on its own, so a request's rows batch with everybody else's and a
-        4-row request may share one forward pass with three single-image requests.
+        ``outputs`` names the tensors wanted (``None``: what the model answers for this kind of
+        input); everything is checked before any input is queued. Each input is queued on its
+        own, so a request's rows batch with everybody else's and a 4-row request may share one
+        forward pass with three single-image requests.
         """
         kinds = [kind for kind in (images, tensors, texts) if kind]
         if len(kinds) != 1:
@@ -283,32 +331,33 @@ class InferenceService:
         count = len(kinds[0])
         if count > self.text_limits.max_items:
             raise InvalidInput(f"{count} inputs in one request; the limit is {self.text_limits.max_items}")
-        runtime = self.runtime(name)
-        self._check_ready(runtime)
+        wanted = known_outputs(outputs)
+        runtime = self.runtime(name, version)
+        offered = self._check_ready(runtime)
         handler = runtime.handlers[0]
         modality: Modality = "text" if texts else "image"
-        if texts:
-            self._require(handler, "embed_text")
-        elif task == "embed":
-            self._require(handler, "embed_image")
-        elif task == "classify":
-            self._require(handler, "classify")
+        encoder = offered.requiring_text_encoder(name) if texts else None
+        checker = offered.requiring_tensor_input(name) if tensors else None
+        wanted = wanted or default_outputs(offered, modality)
+        check_outputs(offered, modality, wanted, name)
         with self._accounted(runtime):
             if images:
-                work = [self._run_image(runtime, handler, d, deadline, request_id) for d in images]
-            elif tensors:
-                items = [handler.tensor_item(row) for row in tensors]
-                work = [self._submit(runtime, "image", i, 0.0, deadline, request_id) for i in items]
+                work = [self.pipeline.image(runtime, handler, d, deadline, request_id) for d in images]
+            elif checker is not None:
+                items = await self.pipeline.in_pool(tensor_items, checker, tensors)
+                work = [self.pipeline.submit(runtime, "image", i, 0.0, deadline, request_id) for i in items]
             else:
+                assert encoder is not None
                 checked = [self.text_limits.check_text(text, "text") for text in texts]
-                work = [self._run_text(runtime, handler, [t], deadline, request_id) for t in checked]
-            runs = await _gather_or_cancel(*work)
+                work = [self.pipeline.text(runtime, encoder, [t], deadline, request_id) for t in checked]
+            runs = await gather_or_cancel(*work)
+        raw = [run.output for run in runs]
         return Rows(
             model=name,
             model_version=runtime.config.version,
             modality=modality,
-            handler=handler,
-            outputs=[run.output for run in runs],
+            tensors={output: output_tensor(handler, offered, modality, output, raw) for output in wanted},
+            labels=handler.labels(),
             preprocess_s=max(run.preprocess_s for run in runs),
             queue_s=max(run.queue_s for run in runs),
             inference_s=max(run.inference_s for run in runs),
@@ -327,105 +376,21 @@ class InferenceService:
         finally:
             runtime.stats.record_request(time.monotonic() - started, ok)
 
-    # -- input checks ------------------------------------------------------------------------
-
-    def _check_ready(self, runtime: ModelRuntime) -> None:
+    def _check_ready(self, runtime: ModelRuntime) -> Capabilities:
+        """What the model offers, once it can take work (503 while draining or not ready)."""
         if self._draining:
             raise ShuttingDown("the server is shutting down; retry on another replica")
-        if not runtime.ready:
+        if not runtime.ready or runtime.capabilities is None:
             raise ModelNotReady(f"model {runtime.name} is not ready: {runtime.not_ready_reason()}")
-
-    @staticmethod
-    def _require(handler: ModelHandler[Any, Any], task: Task) -> None:
-        if task not in handler.tasks():
-            what = {
-                "classify": "classification without labels (send 'labels' for zero-shot)",
-                "zero_shot": "zero-shot labels",
-                "embed_image": "image embeddings",
-                "embed_text": "text embeddings",
-            }[task]
-            raise handler._unsupported(what)
-
-    # -- running inputs through the batchers --------------------------------------------------
-
-    async def _run_image(
-        self, runtime: ModelRuntime, handler: ModelHandler[Any, Any], data: bytes, deadline: float,
-        request_id: str,
-    ) -> InputRun:  # fmt: skip
-        started = time.monotonic()
-        # Announced to the batcher while it decodes, so a forming batch waits for it (and only
-        # while something is on its way); the announcement ends right before _submit queues it.
-        with _announced(runtime, "image"), self._tracer.start_as_current_span("decode"):
-            item = await self._in_pool(_prepare, handler, data, self.limits)
-        preprocess_s = time.monotonic() - started
-        self.metrics.preprocess_duration.labels(runtime.name).observe(preprocess_s)
-        return await self._submit(runtime, "image", item, preprocess_s, deadline, request_id)
-
-    async def _run_text(
-        self, runtime: ModelRuntime, handler: ModelHandler[Any, Any], prompts: list[str], deadline: float,
-        request_id: str,
-    ) -> InputRun:  # fmt: skip
-        started = time.monotonic()
-        with _announced(runtime, "text"), self._tracer.start_as_current_span("tokenize"):
-            item = await self._in_pool(handler.preprocess_text, prompts)
-        preprocess_s = time.monotonic() - started
-        return await self._submit(runtime, "text", item, preprocess_s, deadline, request_id)
+        return runtime.capabilities
 
     async def _label_embeddings(
-        self, runtime: ModelRuntime, handler: ModelHandler[Any, Any], labels: list[str], deadline: float,
-        request_id: str,
-    ) -> Embedding:  # fmt: skip
+        self, runtime: ModelRuntime, ranker: ZeroShot, labels: list[str], deadline: float, request_id: str
+    ) -> Embedding:
         async def compute(label: str) -> Embedding:
-            run = await self._run_text(runtime, handler, handler.label_prompts(label), deadline, request_id)
+            run = await self.pipeline.text(runtime, ranker, ranker.label_prompts(label), deadline, request_id)
             embedding: Embedding = run.output
             return embedding
 
         assert runtime.label_cache is not None  # zero-shot models get one when they start
         return await runtime.label_cache.embeddings(labels, compute)
-
-    async def _submit(
-        self, runtime: ModelRuntime, modality: Modality, item: Any, preprocess_s: float, deadline: float,
-        request_id: str,
-    ) -> InputRun:  # fmt: skip
-        self._check_ready(runtime)
-        batcher = runtime.batchers[modality]  # ready implies running batchers
-        request_span = trace.get_current_span().get_span_context()
-        enqueued_ns = time.time_ns()
-        future = batcher.submit(item, deadline=deadline, request_id=request_id, span_context=request_span)
-        remaining = deadline - time.monotonic()
-        try:
-            result: BatchResult[Any] = await asyncio.wait_for(future, timeout=max(remaining, 0.0))
-        except TimeoutError:
-            raise DeadlineExceeded(f"no answer within the request deadline ({runtime.name})") from None
-        self._record_batch_spans(enqueued_ns, result)
-        return InputRun(result.output, preprocess_s, result.queue_s, result.inference_s, result.batch_size)
-
-
-def _announced(runtime: ModelRuntime, modality: Modality) -> contextlib.AbstractContextManager[None]:
-    """The batcher's ``incoming()`` for one input being prepared (nothing while it is restarting)."""
-    batcher = runtime.batchers.get(modality)
-    return batcher.incoming() if batcher is not None else contextlib.nullcontext()
-
-
-async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
-    """Await two things concurrently; on the first failure cancel the other."""
-    a, b = await _gather_or_cancel(first, second)
-    return a, b
-
-
-async def _gather_or_cancel(*work: Awaitable[Any]) -> list[Any]:
-    """Await all of ``work`` in order; on the first failure cancel the rest (they would be wasted)."""
-    tasks = [asyncio.ensure_future(w) for w in work]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-
-
-def _prepare(handler: ModelHandler[Any, Any], data: bytes, limits: ImageLimits) -> Any:
-    """Decode and pre-process one request with ``handler`` (worker pool thread)."""
-    image = decode_image(data, limits, min_side=handler.decode_min_side())
-    return handler.preprocess(image)

@@ -105,7 +105,7 @@ def test_a_custom_handler_can_export_an_embedder(tmp_path: Path) -> None:
     spec = {s.name: s for s in scan_repository(tmp_path, BatchingSettings())[0]}["emb_onnx"]
     served = spec.handler_class(spec.config, spec.directory)
     served.load("cpu")
-    assert served.tasks() == frozenset({"embed_image"})
+    assert served.capabilities().tasks == frozenset({"embed_image"})
     assert served.embedding_dimension() == 6
     (output,) = served.predict([served.preprocess(Image.fromarray(data.coffee()))])
     assert float(np.linalg.norm(output)) == pytest.approx(1.0, abs=1e-5)

@@ -58,7 +58,7 @@ async def service(tmp_path: Path) -> AsyncIterator[InferenceService]:
 
 
 async def test_loading_reports_each_model(service: InferenceService) -> None:
-    readiness = service.readiness()
+    readiness = service.readiness().models
     assert readiness["colour"] is None
     assert readiness["explodes"] is not None and "weights are corrupt" in readiness["explodes"]
     assert readiness["invalid"] is not None and "nope" in readiness["invalid"]
@@ -104,9 +104,9 @@ async def test_stop_finishes_queued_work_and_refuses_new_work(service: Inference
 async def test_readiness_while_loading(tmp_path: Path) -> None:
     add_colour_model(tmp_path, "colour")
     svc = build(tmp_path)
-    assert svc.readiness() == {"colour": "it is pending"}
+    assert svc.readiness().models == {"colour": "it is pending"}
     svc.start()
     await svc.wait_loaded()
-    assert svc.readiness() == {"colour": None}
+    assert svc.readiness().models == {"colour": None}
     assert svc.default_model == "colour"
     await svc.stop(1.0)

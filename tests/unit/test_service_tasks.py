@@ -43,7 +43,7 @@ async def service(tmp_path: Path) -> AsyncIterator[Served]:
     )  # fmt: skip
     svc.start()
     await svc.wait_loaded()
-    assert all(reason is None for reason in svc.readiness().values()), svc.readiness()
+    assert all(reason is None for reason in svc.readiness().models.values()), svc.readiness()
     yield svc, metrics
     await svc.stop(1.0)
 

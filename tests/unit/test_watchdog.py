@@ -71,15 +71,15 @@ async def test_a_dead_batch_loop_is_restarted(watched: tuple[InferenceService, M
     service, metrics = watched
     runtime = service.runtime("hangs")
     assert diagnose(runtime, 1.0) is None
-    assert runtime.batcher is not None
-    for task in runtime.batcher._tasks:
+    assert "image" in runtime.batchers
+    for task in runtime.batchers["image"]._tasks:
         task.cancel()
     await asyncio.sleep(0)
     assert diagnose(runtime, 1.0) == ("loop_died", "its batch loop ended")
     await asyncio.sleep(0.2)
     await wait_for_state(service, ModelState.READY)
     assert metrics.watchdog_restarts.labels("hangs", "loop_died")._value.get() == 1
-    assert runtime.batcher is not None and runtime.batcher.alive
+    assert runtime.batchers["image"].alive
 
 
 async def test_a_request_caught_in_a_restart_gets_503_not_500(tmp_path: Path) -> None:

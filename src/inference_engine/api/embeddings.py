@@ -8,19 +8,17 @@ Every input is batched on its own with everybody else's, like any other request.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import time
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from inference_engine.api.payload import capped_stream, decode_base64_image
-from inference_engine.api.routes import loop_time, request_timeout_s, until_disconnect
-from inference_engine.errors import BadRequest, DeadlineExceeded
-from inference_engine.logging import current_request
+from inference_engine.answers import Embeddings
+from inference_engine.api.payload import decode_base64_image
+from inference_engine.api.request import InferenceCall, off_loop
+from inference_engine.errors import BadRequest
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
 
@@ -68,46 +66,45 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
         },
     )
     async def embeddings(request: Request) -> dict[str, Any]:
-        ctx = current_request.get()
-        assert ctx is not None
-        started: float = ctx.extra.get("started", time.monotonic())
-        deadline = started + request_timeout_s(request, settings)
-        try:
-            async with asyncio.timeout_at(loop_time(deadline)):
-                raw = b"".join([c async for c in capped_stream(request, settings.server.max_body_bytes)])
-        except TimeoutError:
-            raise DeadlineExceeded("the request did not arrive within its deadline") from None
-        try:
-            body = EmbeddingRequest.model_validate_json(raw)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "body"
-            raise BadRequest(f"{where}: {first['msg']}") from None
-        runtime = service.runtime(body.model)
-        ctx.model = runtime.name
+        call = InferenceCall(request, settings.server)
+        raw = await call.body()
+        body = await off_loop(len(raw), _parse, raw)
+        model = call.named(service.model_name(body.model))
         inputs = _inputs(body)
-        known = runtime.handlers[0].embedding_dimension() if runtime.handlers else None
+        known = service.model_metadata(model).embedding_dimension
         if body.dimensions is not None and known is not None and body.dimensions != known:
-            raise BadRequest(f"model {runtime.name} answers {known} dimensions, not {body.dimensions}")
+            raise BadRequest(f"model {model} answers {known} dimensions, not {body.dimensions}")
         if body.modality == "image":
             kinds: dict[str, Any] = {"images": [decode_base64_image(v, "input") for v in inputs]}
         else:
             kinds = {"texts": inputs}
-        result = await until_disconnect(
-            service.embed(runtime.name, deadline=deadline, request_id=ctx.request_id, **kinds),
-            request.receive,
+        result = await call.answer(
+            service.embed(model, deadline=call.deadline, request_id=call.request_id, **kinds)
         )
-        ctx.batch_size = max(result.batch_sizes)
-        # Usage counts words, not model tokens: it is there for clients that read it, not billing.
-        tokens = sum(len(text.split()) for text in inputs) if body.modality == "text" else 0
-        return {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
-                for i, v in enumerate(result.vectors)
-            ],
-            "model": runtime.name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        size = len(result.vectors) * result.dimension * 4
+        return await off_loop(size, _answer, result, body, inputs)
 
     return router
+
+
+def _parse(raw: bytes) -> EmbeddingRequest:
+    try:
+        return EmbeddingRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequest(f"{where}: {first['msg']}") from None
+
+
+def _answer(result: Embeddings, body: EmbeddingRequest, inputs: list[str]) -> dict[str, Any]:
+    # Usage counts words, not model tokens: it is there for clients that read it, not billing.
+    tokens = sum(len(text.split()) for text in inputs) if body.modality == "text" else 0
+    return {
+        "object": "list",
+        "data": [
+            {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
+            for i, v in enumerate(result.vectors)
+        ],
+        "model": result.model,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

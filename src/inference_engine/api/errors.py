@@ -1,9 +1,10 @@
 """The one place where errors become HTTP responses.
 
-Every error body is ``{"error": {"type", "message", "request_id"}}``, except under ``/v2``, where
-the Open Inference Protocol's clients expect ``{"error": "<message>"}``. Engine errors carry their
-own status and headers; FastAPI's validation errors and Starlette's HTTP errors are reshaped to
-the same body; anything else is a 500 whose stack goes to the log and never to the client.
+Every error body is ``{"error": {"type", "message", "request_id"}}``, except on the Open Inference
+Protocol's routes (the request context says so), whose clients expect ``{"error": "<message>"}``.
+Engine errors carry their own status and headers; FastAPI's validation errors and Starlette's
+HTTP errors are reshaped to the same body; anything else is a 500 whose stack goes to the log
+and never to the client.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from inference_engine.errors import EngineError
 from inference_engine.logging import current_request
 
 logger = logging.getLogger("inference_engine.api")
-
-V2_PREFIX = "/v2"
 
 _HTTP_CODES = {
     400: "bad_request",
@@ -43,11 +42,11 @@ def error_response(
     """Build the standard error body for the current request."""
     ctx = current_request.get()
     request_id = ctx.request_id if ctx is not None else None
-    if ctx is not None:
-        ctx.extra["error"] = code
     body: dict[str, Any] = {"error": {"type": code, "message": message, "request_id": request_id}}
-    if ctx is not None and str(ctx.extra.get("path", "")).startswith(V2_PREFIX):
-        body = {"error": message}  # the Open Inference Protocol's error shape
+    if ctx is not None:
+        ctx.error = code
+        if ctx.protocol == "v2":
+            body = {"error": message}  # the Open Inference Protocol's error shape
     return JSONResponse(body, status_code=status, headers=headers)
 
 

@@ -10,39 +10,52 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from inference_engine import __version__
+from inference_engine.answers import ModelMetadata, ModelStatus, TensorSpec
 from inference_engine.errors import ModelNotReady
 from inference_engine.metrics import Metrics
-from inference_engine.service import InferenceService, ModelRuntime
+from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
 
 
-def _model_summary(runtime: ModelRuntime) -> dict[str, Any]:
-    summary: dict[str, Any] = {
-        "name": runtime.name,
-        "state": runtime.state.value,
-        "ready": runtime.ready,
-    }
-    if runtime.error:
-        summary["error"] = runtime.error
-    if runtime.spec is None:
+def model_summary(status: ModelStatus) -> dict[str, Any]:
+    """A model's state as ``/v1/models`` and ``/info`` show it (configuration once validated)."""
+    summary: dict[str, Any] = {"name": status.name, "state": status.state, "ready": status.ready}
+    if status.error:
+        summary["error"] = status.error
+    if status.batching is None:
         return summary
-    config = runtime.spec.config
     summary.update(
-        version=config.version,
-        handler=config.handler,
-        device=config.device,
-        dtype=config.dtype,
-        instances=config.instances,
-        batching={
-            "max_batch_size": config.max_batch_size,
-            "max_batch_delay_ms": config.max_batch_delay_ms,
-            "max_queue_size": config.max_queue_size,
-        },
-        labels_count=len(runtime.handlers[0].labels()) if runtime.handlers else None,
-        load_seconds=runtime.load_seconds,
-        warmup_seconds=runtime.warmup_seconds,
+        version=status.version,
+        handler=status.handler,
+        device=status.device,
+        dtype=status.dtype,
+        instances=status.instances,
+        batching=dict(status.batching),
+        labels_count=status.labels_count,
+        load_seconds=status.load_seconds,
+        warmup_seconds=status.warmup_seconds,
     )
     return summary
+
+
+def tensor(spec: TensorSpec, *, described: bool = True) -> dict[str, Any]:
+    """One input or output as the model pages show it (V2's metadata has no ``format``)."""
+    shown: dict[str, Any] = {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+    if described and spec.format is not None:
+        shown["format"] = spec.format
+    return shown
+
+
+def metadata_page(meta: ModelMetadata) -> dict[str, Any]:
+    """``GET /v1/models/{name}``'s ``metadata``: inputs, outputs, tasks and handler facts."""
+    return {
+        "inputs": [tensor(t) for t in meta.inputs],
+        "outputs": [tensor(t) for t in meta.outputs],
+        "input_size": list(meta.input_size),
+        "labels_count": meta.labels_count,
+        "tasks": sorted(meta.tasks),
+        **meta.extra,
+    }
 
 
 def build_router(service: InferenceService, settings: Settings, metrics: Metrics) -> APIRouter:
@@ -59,21 +72,20 @@ def build_router(service: InferenceService, settings: Settings, metrics: Metrics
         responses={503: {"description": "Not ready; the body names what is not ready and why"}},
     )
     async def ready() -> JSONResponse:
-        models = service.readiness()
-        if service.draining:
+        readiness = service.readiness()
+        models = readiness.models
+        if readiness.draining:
             body = {"status": "shutting_down", "models": {name: "shutting down" for name in models}}
             return JSONResponse(body, status_code=503)
-        not_ready = {name: reason for name, reason in models.items() if reason is not None}
         if not models:
             return JSONResponse({"status": "not_ready", "models": {}, "reason": "no models"}, status_code=503)
-        if not_ready:
-            return JSONResponse({"status": "not_ready", "models": not_ready}, status_code=503)
+        if not readiness.ready:
+            return JSONResponse({"status": "not_ready", "models": readiness.not_ready}, status_code=503)
         return JSONResponse({"status": "ready", "models": {name: "ready" for name in models}})
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics_text() -> Response:
-        for runtime in service.runtimes.values():
-            metrics.model_ready.labels(runtime.name).set(1 if runtime.ready else 0)
+        service.refresh_gauges()
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @router.get("/info", summary="Server version, models and a configuration summary")
@@ -83,7 +95,7 @@ def build_router(service: InferenceService, settings: Settings, metrics: Metrics
             "version": __version__,
             "env": settings.env,
             "default_model": service.default_model,
-            "models": [_model_summary(r) for _, r in sorted(service.runtimes.items())],
+            "models": [model_summary(status) for status in service.models()],
             "config": {
                 "model_repository": str(settings.model_repository),
                 "server": settings.server.model_dump(mode="json", exclude={"host", "port"}),
@@ -95,25 +107,26 @@ def build_router(service: InferenceService, settings: Settings, metrics: Metrics
 
     @router.get("/v1/models", summary="Served models and their state (also in OpenAI's list shape)")
     async def list_models() -> dict[str, Any]:
-        runtimes = sorted(service.runtimes.items())
+        statuses = service.models()
         return {
-            "models": [_model_summary(r) for _, r in runtimes],
+            "models": [model_summary(status) for status in statuses],
             # OpenAI's shape, so its clients can list what they may ask for.
             "object": "list",
             "data": [
-                {"id": name, "object": "model", "created": started, "owned_by": "inference-engine"}
-                for name, _ in runtimes
+                {"id": status.name, "object": "model", "created": started, "owned_by": "inference-engine"}
+                for status in statuses
             ],
         }
 
     @router.get("/v1/models/{name}", summary="One model: configuration, state, inputs and outputs")
     async def model_detail(name: str) -> dict[str, Any]:
-        runtime = service.runtime(name)
-        summary = _model_summary(runtime)
-        if runtime.handlers:
-            summary["metadata"] = runtime.handlers[0].metadata()
-        elif runtime.state.value == "failed":
-            raise ModelNotReady(f"model {name} is not ready: {runtime.not_ready_reason()}")
+        status = service.model_status(name)
+        if status.state == "failed":
+            raise ModelNotReady(f"model {name} is not ready: {status.reason}")
+        summary = model_summary(status)
+        meta = service.model_metadata(name)
+        if meta.loaded:
+            summary["metadata"] = metadata_page(meta)
         return summary
 
     return router

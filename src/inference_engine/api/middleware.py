@@ -14,6 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inference_engine.api.access import OPERATIONAL_PATHS
 from inference_engine.api.errors import error_response
 from inference_engine.logging import RequestContext, current_request
 from inference_engine.metrics import Metrics
@@ -22,7 +23,6 @@ access_logger = logging.getLogger("inference_engine.access")
 error_logger = logging.getLogger("inference_engine.api")
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_QUIET_ROUTES = frozenset({"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"})
 
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -60,9 +60,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        ctx = RequestContext(request_id=incoming_request_id(scope["headers"]))
-        ctx.extra["started"] = started
-        ctx.extra["path"] = scope["path"]
+        ctx = RequestContext(request_id=incoming_request_id(scope["headers"]), started=started)
         token = current_request.set(ctx)
         status = 500
         response_started = False
@@ -98,9 +96,9 @@ class RequestContextMiddleware:
         model = ctx.model or ""
         self.metrics.requests.labels(model, route_path, str(status)).inc()
         self.metrics.request_duration.labels(model, route_path).observe(elapsed)
-        if "error" in ctx.extra:
-            self.metrics.errors.labels(model, ctx.extra["error"]).inc()
-        if not self.access_log or (route_path in _QUIET_ROUTES and status < 400):
+        if ctx.error is not None:
+            self.metrics.errors.labels(model, ctx.error).inc()
+        if not self.access_log or (route_path in OPERATIONAL_PATHS and status < 400):
             return
         fields: dict[str, Any] = {
             "method": scope.get("method"),
@@ -112,6 +110,6 @@ class RequestContextMiddleware:
             fields["model"] = ctx.model
         if ctx.batch_size is not None:
             fields["batch_size"] = ctx.batch_size
-        if "error" in ctx.extra:
-            fields["error"] = ctx.extra["error"]
+        if ctx.error is not None:
+            fields["error"] = ctx.error
         access_logger.info("request", extra=fields)

@@ -3,22 +3,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from starlette.types import Receive
 
+from inference_engine.answers import Embeddings, Prediction
 from inference_engine.api.payload import labels_from_query, read_embed_request, read_image_request
-from inference_engine.errors import BadRequest, ClientDisconnected, DeadlineExceeded, ModelNotFound
+from inference_engine.api.request import InferenceCall, off_loop
 from inference_engine.fetch import ImageFetcher
-from inference_engine.logging import current_request
-from inference_engine.service import Embeddings, InferenceService, Prediction
+from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
-
-T = TypeVar("T")
 
 _IMAGE_BODY: dict[str, Any] = {
     "parameters": [
@@ -119,49 +113,6 @@ _EMBED_BODY: dict[str, Any] = {
 }
 
 
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
-async def until_disconnect(work: Awaitable[T], receive: Receive) -> T:
-    """Await ``work``, cancelling it if the client disconnects first (so it costs no forward pass)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:  # the server gave up on this request (shutdown timeout)
-        task.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if not task.done():
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        raise ClientDisconnected("the client disconnected before the answer was ready")
-    return task.result()
-
-
-TIMEOUT_HEADER = "x-request-timeout-ms"
-
-
-def loop_time(monotonic_deadline: float) -> float:
-    """Convert a ``time.monotonic()`` deadline to the event loop's clock."""
-    return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())
-
-
-def request_timeout_s(request: Request, settings: Settings) -> float:
-    """The client's own deadline from ``X-Request-Timeout-Ms``, capped by configuration."""
-    raw = request.headers.get(TIMEOUT_HEADER)
-    if raw is None:
-        return settings.server.request_timeout_s
-    if not (raw.strip().isascii() and raw.strip().isdecimal()) or int(raw) <= 0:
-        raise BadRequest("X-Request-Timeout-Ms must be a positive whole number of milliseconds")
-    return min(int(raw) / 1000.0, settings.server.max_request_timeout_s)
-
-
 def format_prediction(prediction: Prediction, request_id: str, total_s: float) -> dict[str, Any]:
     return {
         "model": prediction.model,
@@ -198,34 +149,29 @@ def build_router(
     service: InferenceService, settings: Settings, fetcher: ImageFetcher | None = None
 ) -> APIRouter:
     router = APIRouter(tags=["inference"])
-
-    def begin(name: str, request: Request) -> tuple[Any, str, float, float]:
-        """The request context, the known model name, and when this request started and must end."""
-        ctx = current_request.get()
-        assert ctx is not None
-        started: float = ctx.extra.get("started", time.monotonic())
-        runtime = service.runtime(name)  # 404 before reading a body for an unknown model
-        ctx.model = runtime.name  # only known names become metric labels
-        return ctx, runtime.name, started, started + request_timeout_s(request, settings)
+    server = settings.server
 
     async def predict(
-        name: str, request: Request, top_k: int | None, query_labels: list[str] | None
+        name: str | None, request: Request, top_k: int | None, query_labels: list[str] | None
     ) -> dict[str, Any]:
-        ctx, name, started, deadline = begin(name, request)
-        try:
-            async with asyncio.timeout_at(loop_time(deadline)):
-                body = await read_image_request(request, settings.server.max_body_bytes, fetcher)
-        except TimeoutError:
-            raise DeadlineExceeded("the image did not arrive within the request deadline") from None
-        labels = body.labels if body.labels is not None else labels_from_query(query_labels)
-        prediction = await until_disconnect(
-            service.infer(
-                name, body.data, top_k=top_k, deadline=deadline, request_id=ctx.request_id, labels=labels
-            ),
-            request.receive,
+        call = InferenceCall(request, server)
+        model = call.named(service.model_name(name))  # 404 before reading a body for an unknown model
+        body = await call.read(
+            read_image_request(request, server.max_body_bytes, fetcher),
+            "the image did not arrive within the request deadline",
         )
-        ctx.batch_size = prediction.batch_size
-        return format_prediction(prediction, ctx.request_id, time.monotonic() - started)
+        labels = body.labels if body.labels is not None else labels_from_query(query_labels)
+        prediction = await call.answer(
+            service.infer(
+                model,
+                body.data,
+                top_k=top_k,
+                deadline=call.deadline,
+                request_id=call.request_id,
+                labels=labels,
+            )
+        )
+        return format_prediction(prediction, call.request_id, call.elapsed())
 
     @router.post(
         "/v1/models/{name}/predict",
@@ -245,9 +191,7 @@ def build_router(
         responses=_ERRORS,
     )
     async def predict_default(request: Request, top_k: TopK = None, labels: Labels = None) -> dict[str, Any]:
-        if service.default_model is None:
-            raise ModelNotFound("no model is configured")
-        return await predict(service.default_model, request, top_k, labels)
+        return await predict(None, request, top_k, labels)
 
     @router.post(
         "/v1/models/{name}/embed",
@@ -256,20 +200,22 @@ def build_router(
         responses=_ERRORS,
     )
     async def embed(name: str, request: Request) -> dict[str, Any]:
-        ctx, name, started, deadline = begin(name, request)
-        server = settings.server
-        try:
-            async with asyncio.timeout_at(loop_time(deadline)):
-                body = await read_embed_request(request, server.max_body_bytes, server.max_items_per_request)
-        except TimeoutError:
-            raise DeadlineExceeded("the inputs did not arrive within the request deadline") from None
-        embeddings = await until_disconnect(
-            service.embed(
-                name, images=body.images, texts=body.texts, deadline=deadline, request_id=ctx.request_id
-            ),
-            request.receive,
+        call = InferenceCall(request, server)
+        model = call.named(service.model_name(name))
+        body = await call.read(
+            read_embed_request(request, server.max_body_bytes, server.max_items_per_request),
+            "the inputs did not arrive within the request deadline",
         )
-        ctx.batch_size = max(embeddings.batch_sizes)
-        return format_embeddings(embeddings, ctx.request_id, time.monotonic() - started)
+        embeddings = await call.answer(
+            service.embed(
+                model,
+                images=body.images,
+                texts=body.texts,
+                deadline=call.deadline,
+                request_id=call.request_id,
+            )
+        )
+        size = len(embeddings.vectors) * embeddings.dimension * 4
+        return await off_loop(size, format_embeddings, embeddings, call.request_id, call.elapsed())
 
     return router

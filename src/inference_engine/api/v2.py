@@ -16,17 +16,18 @@ single-image requests share forward passes; rows come back together and in order
 
 from __future__ import annotations
 
-import asyncio
-import time
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
+from starlette.types import Receive, Scope, Send
 
 from inference_engine import __version__
-from inference_engine.api.payload import capped_stream
-from inference_engine.api.routes import loop_time, request_timeout_s, until_disconnect
+from inference_engine.answers import ModelMetadata, OutputName, Rows
+from inference_engine.api.health import tensor
+from inference_engine.api.request import InferenceCall, off_loop
 from inference_engine.api.v2codec import (
     HEADER_LENGTH,
     NUMERIC_TYPES,
@@ -38,102 +39,40 @@ from inference_engine.api.v2codec import (
     decode_request,
     encode_response,
 )
-from inference_engine.errors import BadRequest, DeadlineExceeded, ModelNotFound
+from inference_engine.errors import BadRequest
 from inference_engine.logging import current_request
-from inference_engine.models.base import ModelHandler
-from inference_engine.models.classifier import top_k_predictions
-from inference_engine.runtime import ModelRuntime
-from inference_engine.service import InferenceService, Rows
+from inference_engine.numerics import top_k_predictions
+from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
 
 EXTENSIONS = ["binary_tensor_data", "classification", "statistics"]
-PLATFORMS = {"torch": "pytorch", "onnx": "onnxruntime_onnx"}
 
 
-def _versioned(runtime: ModelRuntime, version: str | None) -> ModelRuntime:
-    if version is not None and runtime.spec is not None and version != runtime.config.version:
-        raise ModelNotFound(
-            f"model {runtime.name} has no version {version[:32]!r} (served: {runtime.config.version})"
-        )
-    return runtime
+class V2Route(APIRoute):
+    """A route of the Open Inference Protocol: its errors take V2's ``{"error": "..."}`` shape.
+
+    Set when the route is matched, before its body, parameters or handler run, so every error
+    it answers (405, validation, engine errors) is shaped by the route, not by the URL.
+    """
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ctx = current_request.get()
+        if ctx is not None:
+            ctx.protocol = "v2"
+        await super().handle(scope, receive, send)
 
 
-def model_metadata(runtime: ModelRuntime) -> dict[str, Any]:
+def metadata_body(meta: ModelMetadata) -> dict[str, Any]:
     """``GET /v2/models/{m}``: the tensors this model takes and gives."""
-    # The handler's own copy: HF handlers resolve pre-processing from their folder at load.
-    config = runtime.handlers[0].config if runtime.handlers else runtime.config
-    body: dict[str, Any] = {
-        "name": runtime.name,
-        "versions": [config.version],
-        "platform": PLATFORMS.get(config.backend, "pytorch"),
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}],
-        "outputs": [],
+    image, *texts = meta.inputs  # V2 lists pre-processed pixels right after encoded images
+    inputs = [image, *([meta.tensor_input] if meta.tensor_input else []), *texts]
+    return {
+        "name": meta.name,
+        "versions": [meta.version],
+        "platform": meta.platform,
+        "inputs": [tensor(t, described=False) for t in inputs],
+        "outputs": [tensor(t, described=False) for t in meta.outputs],
     }
-    if not runtime.handlers:
-        return body
-    handler = runtime.handlers[0]
-    tasks = handler.tasks()
-    size = config.preprocessing.crop
-    if handler.accepts_tensors:
-        shape = [-1, size, size, 3] if config.preprocessing.layout == "nhwc" else [-1, 3, size, size]
-        body["inputs"].append({"name": "pixel_values", "datatype": "FP32", "shape": shape})
-    if "embed_text" in tasks:
-        body["inputs"].append({"name": "text", "datatype": "BYTES", "shape": [-1]})
-    if "classify" in tasks:
-        body["outputs"].append(
-            {"name": "probabilities", "datatype": "FP32", "shape": [-1, len(handler.labels())]}
-        )
-    if tasks & {"embed_image", "embed_text"}:
-        dimension = handler.embedding_dimension() or -1
-        body["outputs"].append({"name": "embeddings", "datatype": "FP32", "shape": [-1, dimension]})
-    return body
-
-
-def _classification(handler: ModelHandler[Any, Any], rows: Rows, k: int) -> list[bytes]:
-    labels = handler.labels()
-    strings: list[bytes] = []
-    for output in rows.outputs:
-        for p in top_k_predictions(handler.scores(output), labels, k):
-            strings.append(f"{p['score']:f}:{p['index']}:{p['label']}".encode())
-    return strings
-
-
-def _output(handler: ModelHandler[Any, Any], rows: Rows, wanted: RequestedOutput) -> OutputTensor:
-    count = len(rows.outputs)
-    if wanted.name == "probabilities":
-        if rows.modality == "text":
-            raise BadRequest("output 'probabilities' needs an image input")
-        if wanted.classification is not None:
-            k = min(wanted.classification, len(handler.labels()) or wanted.classification)
-            elements = _classification(handler, rows, k)
-            return OutputTensor(wanted.name, "BYTES", [count, k], elements=elements, binary=wanted.binary)
-        array = np.stack([handler.scores(o) for o in rows.outputs])
-        return OutputTensor(wanted.name, "FP32", list(array.shape), array=array, binary=wanted.binary)
-    if wanted.name == "embeddings":
-        vectors = rows.outputs if rows.modality == "text" else [handler.embed(o) for o in rows.outputs]
-        array = np.stack(vectors).astype(np.float32)
-        return OutputTensor(wanted.name, "FP32", list(array.shape), array=array, binary=wanted.binary)
-    raise AssertionError(f"unchecked output {wanted.name!r}")  # _check_outputs ran first
-
-
-OUTPUT_NAMES = ("probabilities", "embeddings")
-
-
-def _check_outputs(request: InferenceRequest) -> None:
-    """Refuse unknown outputs before any forward pass is spent on the request."""
-    for wanted in request.outputs or []:
-        if wanted.name not in OUTPUT_NAMES:
-            raise BadRequest(f"unknown output {wanted.name[:64]!r}; outputs are: {', '.join(OUTPUT_NAMES)}")
-
-
-def _default_outputs(handler: ModelHandler[Any, Any], rows: Rows, binary: bool) -> list[RequestedOutput]:
-    tasks = handler.tasks()
-    names: list[str] = []
-    if rows.modality == "image" and "classify" in tasks:
-        names.append("probabilities")
-    if (rows.modality == "image" and "embed_image" in tasks) or rows.modality == "text":
-        names.append("embeddings")
-    return [RequestedOutput(name, binary) for name in names]
 
 
 def _rows_kwargs(tensor: InputTensor) -> dict[str, Any]:
@@ -158,11 +97,34 @@ def _rows_kwargs(tensor: InputTensor) -> dict[str, Any]:
     )
 
 
-def _encode(runtime: ModelRuntime, request: InferenceRequest, rows: Rows) -> Response:
-    handler = rows.handler
-    wanted = request.outputs or _default_outputs(handler, rows, request.binary_output)
-    outputs = [_output(handler, rows, w) for w in wanted]
-    body, header_length = encode_response(runtime.name, rows.model_version, request.id, outputs)
+def decode(body: bytes, header_length: str | None) -> tuple[InferenceRequest, dict[str, Any]]:
+    """The request and the service arguments its one input becomes (off the loop when large)."""
+    decoded = decode_request(body, header_length)
+    if len(decoded.inputs) != 1:
+        names = ", ".join(t.name for t in decoded.inputs)
+        raise BadRequest(f"send exactly one input (image, pixel_values or text); got {names}")
+    return decoded, _rows_kwargs(decoded.inputs[0])
+
+
+def _output(rows: Rows, wanted: RequestedOutput) -> OutputTensor:
+    array = rows.tensors[cast("OutputName", wanted.name)]  # the service answered every name asked
+    if wanted.name == "probabilities" and wanted.classification is not None:
+        k = min(wanted.classification, len(rows.labels) or wanted.classification)
+        elements = [
+            f"{p['score']:f}:{p['index']}:{p['label']}".encode()
+            for row in array
+            for p in top_k_predictions(row, rows.labels, k)
+        ]
+        return OutputTensor(wanted.name, "BYTES", [len(array), k], elements=elements, binary=wanted.binary)
+    return OutputTensor(wanted.name, "FP32", list(array.shape), array=array, binary=wanted.binary)
+
+
+def encode(request: InferenceRequest, rows: Rows) -> Response:
+    """The V2 answer for ``rows``: the outputs asked for, or every one the service answered."""
+    wanted = request.outputs or [RequestedOutput(name, request.binary_output) for name in rows.tensors]
+    body, header_length = encode_response(
+        rows.model, rows.model_version, request.id, [_output(rows, w) for w in wanted]
+    )
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(
@@ -225,7 +187,7 @@ INFER_BODY: dict[str, Any] = {
 
 
 def build_router(service: InferenceService, settings: Settings) -> APIRouter:
-    router = APIRouter(tags=["open inference protocol v2"])
+    router = APIRouter(tags=["open inference protocol v2"], route_class=V2Route)
 
     @router.get("/v2", summary="Server metadata")
     async def server_metadata() -> dict[str, Any]:
@@ -237,58 +199,37 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
 
     @router.get("/v2/health/ready", summary="Readiness: every model ready")
     async def ready() -> JSONResponse:
-        models = service.readiness()
-        is_ready = bool(models) and not service.draining and all(r is None for r in models.values())
+        is_ready = service.readiness().ready
         return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
     @router.get("/v2/models/stats", summary="Statistics of every model (Triton's statistics extension)")
     async def all_stats() -> dict[str, Any]:
-        return {
-            "model_stats": [
-                r.stats.as_triton(name, r.spec.config.version if r.spec else "")
-                for name, r in sorted(service.runtimes.items())
-            ]
-        }
+        return {"model_stats": service.statistics()}
 
     async def metadata(name: str, version: str | None = None) -> dict[str, Any]:
-        return model_metadata(_versioned(service.runtime(name), version))
+        return metadata_body(service.model_metadata(name, version))
 
     async def model_ready(name: str, version: str | None = None) -> JSONResponse:
-        runtime = _versioned(service.runtime(name), version)
-        ok = runtime.ready and not service.draining
+        ok = service.model_ready(name, version)
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
     async def model_stats(name: str, version: str | None = None) -> dict[str, Any]:
-        runtime = _versioned(service.runtime(name), version)
-        config_version = runtime.spec.config.version if runtime.spec else ""
-        return {"model_stats": [runtime.stats.as_triton(name, config_version)]}
+        return {"model_stats": service.statistics(name, version)}
 
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
-        ctx = current_request.get()
-        assert ctx is not None
-        started: float = ctx.extra.get("started", time.monotonic())
-        runtime = _versioned(service.runtime(name), version)
-        ctx.model = runtime.name
-        deadline = started + request_timeout_s(request, settings)
-        max_bytes = settings.server.max_body_bytes
-        try:
-            async with asyncio.timeout_at(loop_time(deadline)):
-                body = b"".join([chunk async for chunk in capped_stream(request, max_bytes)])
-        except TimeoutError:
-            raise DeadlineExceeded("the request did not arrive within its deadline") from None
-        decoded = decode_request(body, request.headers.get(HEADER_LENGTH))
-        if len(decoded.inputs) != 1:
-            names = ", ".join(t.name for t in decoded.inputs)
-            raise BadRequest(f"send exactly one input (image, pixel_values or text); got {names}")
-        _check_outputs(decoded)
-        rows = await until_disconnect(
+        call = InferenceCall(request, settings.server)
+        model = call.named(service.model_name(name, version))
+        body = await call.body()
+        decoded, rows_kwargs = await off_loop(len(body), decode, body, request.headers.get(HEADER_LENGTH))
+        outputs = [w.name for w in decoded.outputs] if decoded.outputs else None
+        rows = await call.answer(
             service.run_rows(
-                runtime.name, deadline=deadline, request_id=ctx.request_id, **_rows_kwargs(decoded.inputs[0])
-            ),
-            request.receive,
-        )
-        ctx.batch_size = max(rows.batch_sizes)
-        return _encode(runtime, decoded, rows)
+                model, deadline=call.deadline, request_id=call.request_id, outputs=outputs, version=version,
+                **rows_kwargs,
+            )
+        )  # fmt: skip
+        size = sum(array.nbytes for array in rows.tensors.values())
+        return await off_loop(size, encode, decoded, rows)
 
     # Each route twice: for the model, and for one version of it (the only one served).
     versioned = "/v2/models/{name}/versions/{version}"

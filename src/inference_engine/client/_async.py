@@ -17,7 +17,7 @@ from typing import Any, Self
 import httpx
 
 from inference_engine.client import _core
-from inference_engine.client._core import ImageInput, RequestSpec, Settings
+from inference_engine.client._core import ClientSettings, ImageInput, RequestSpec
 from inference_engine.client.breaker import CircuitBreaker
 from inference_engine.client.results import Embeddings, ModelInfo, Prediction, Readiness
 from inference_engine.client.retry import RetryPolicy
@@ -49,7 +49,7 @@ class AsyncInferenceClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = Settings(
+        self.settings = ClientSettings(
             connect_timeout_s=connect_timeout,
             read_timeout_s=read_timeout,
             total_timeout_s=timeout,

@@ -122,7 +122,7 @@ def embed_request(
 
 
 @dataclass(frozen=True)
-class Settings:
+class ClientSettings:
     """A client's connection settings, shared by every call it makes."""
 
     connect_timeout_s: float
@@ -166,7 +166,9 @@ class Call:
     ``answered`` returns ``None`` (the response is the answer) or a method raises.
     """
 
-    def __init__(self, settings: Settings, spec: RequestSpec, total: float | None, request_id: str | None):
+    def __init__(
+        self, settings: ClientSettings, spec: RequestSpec, total: float | None, request_id: str | None
+    ):
         self.settings = settings
         self.spec = spec
         self.request_id = request_id

@@ -1,4 +1,4 @@
-"""The model contract: ``model.yaml``'s schema and the handler base class.
+"""The model contract: the core every handler implements, and where each hook runs.
 
 A handler is an abstract base class so that a handler missing a method fails when its folder is
 loaded, not on the first request. The batcher only ever calls ``predict`` with a list; it knows
@@ -10,14 +10,11 @@ Where each hook runs:
 * ``preprocess``: per request, in the worker pool, concurrently (must be thread-safe).
 * ``predict``: per batch, on the model instance's own thread; one entry per input, in order;
   an entry that is an exception fails only that input.
-* ``postprocess``: per request, on the event loop (keep it cheap).
+* ``postprocess``: per request (keep it cheap): the classification answer.
 
-Beyond classification a handler may declare more :data:`Task` values in :meth:`ModelHandler.tasks`
-and implement their hooks: ``embed_image`` (``embed`` turns an image output into an embedding),
-``embed_text`` (``preprocess_text`` and ``predict_text``: a text tower, batched by its own
-batcher on the same instance threads), and ``zero_shot`` (``rank_labels`` scores an image output
-against label embeddings that came out of the text tower). A hook a handler does not declare
-answers :class:`~inference_engine.errors.UnsupportedTask` (400).
+Everything beyond classification (image and text embeddings, zero-shot labels, tensor inputs)
+is a capability class from :mod:`inference_engine.models.capabilities`; what a handler inherits
+is what it answers (:meth:`ModelHandler.capabilities`).
 """
 
 from __future__ import annotations
@@ -25,94 +22,26 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
-import numpy.typing as npt
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from inference_engine.errors import InvalidInput, UnsupportedTask
+from inference_engine.models.capabilities import Capabilities, Embedding, Task
+from inference_engine.models.config import ModelConfig, ModelFile, PreprocessingConfig
+
+__all__ = [
+    "Capabilities",
+    "Embedding",
+    "ModelConfig",
+    "ModelFile",
+    "ModelHandler",
+    "PreprocessingConfig",
+    "Task",
+]
 
 ItemT = TypeVar("ItemT")
 OutputT = TypeVar("OutputT")
-
-Task = Literal["classify", "embed_image", "embed_text", "zero_shot"]
-Embedding = npt.NDArray[np.float32]
-
-
-class PreprocessingConfig(BaseModel):
-    """How an RGB image becomes the model's input tensor."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    resize: int = Field(256, ge=1)
-    """Shorter side after resizing (both sides with ``resize_mode: stretch``), before the crop."""
-    resize_mode: Literal["shorter_side", "stretch"] = "shorter_side"
-    """``shorter_side`` keeps the aspect ratio; ``stretch`` resizes to a ``resize`` square."""
-    crop: int = Field(224, ge=1)
-    """Side of the square centre crop fed to the model."""
-    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bicubic"
-    """Resampling filter for the resize."""
-    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
-    """Per-channel value subtracted from 0..255 pixels."""
-    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
-    """Per-channel divisor applied after the mean."""
-    channel_order: Literal["rgb", "bgr"] = "rgb"
-    """Channel order the network expects (Caffe-trained networks such as open_nsfw want BGR);
-    ``mean`` and ``std`` are given in this order."""
-    layout: Literal["nchw", "nhwc"] = "nchw"
-    """Tensor layout of one input: channels first (PyTorch) or last (TensorFlow/Caffe exports)."""
-
-    @field_validator("crop")
-    @classmethod
-    def _crop_fits(cls, crop: int, info: Any) -> int:
-        resize = info.data.get("resize")
-        if resize is not None and crop > resize:
-            raise ValueError(f"crop ({crop}) must not exceed resize ({resize})")
-        return crop
-
-
-class ModelConfig(BaseModel):
-    """The schema of ``models/<name>/model.yaml``."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
-    """Name used in URLs (``/v1/models/{name}/predict``); must match the folder name."""
-    version: str = "1"
-    """Version reported with every answer."""
-    handler: str
-    """A built-in handler name, or ``model.py:ClassName`` for a custom handler in the folder."""
-    backend: Literal["torch", "onnx"] = "torch"
-    """Runtime that executes the network: PyTorch, or ONNX Runtime on ``weights`` (an ``.onnx`` file)."""
-    weights: str | None = None
-    """Weights: a file or folder relative to the model folder (or absolute), a Hugging Face hub id
-    for handlers that load from the hub, or ``null`` where the handler knows (packaged weights)."""
-    device: str = "cpu"
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    """Floating-point type of the weights and inputs."""
-    labels: str | list[str] | None = None
-    """``imagenet``, a text file in the folder (one label per line), or an inline list."""
-    top_k: int = Field(5, ge=1)
-    """Default number of predictions answered; a request may ask for another ``top_k``."""
-    max_batch_size: int | None = Field(None, ge=1, le=4096)
-    """Overrides ``batching.max_batch_size`` for this model."""
-    max_batch_delay_ms: float | None = Field(None, ge=0)
-    """Overrides ``batching.max_batch_delay_ms`` for this model."""
-    max_queue_size: int | None = Field(None, ge=1)
-    """Overrides ``batching.max_queue_size`` for this model."""
-    label_cache_size: int = Field(1024, ge=0, le=1_000_000)
-    """Zero-shot models: label embeddings kept for labels that requests bring (LRU; 0 keeps none)."""
-    intra_op_threads: int | None = Field(None, ge=1, le=256)
-    """Threads one forward pass may use (torch intra-op, ONNX Runtime intra-op); null: one per core."""
-    instances: int = Field(1, ge=1, le=64)
-    """Model copies, each with its own thread, fed from the same queue."""
-    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
-    """Image pre-processing."""
-    options: dict[str, Any] = Field(default_factory=dict)
-    """Handler-specific settings."""
 
 
 class ModelHandler(ABC, Generic[ItemT, OutputT]):
@@ -134,7 +63,11 @@ class ModelHandler(ABC, Generic[ItemT, OutputT]):
 
     @abstractmethod
     def load(self, device: str) -> None:
-        """Load weights onto ``device``; called once on this instance's own thread."""
+        """Load weights onto ``device``; called once on this instance's own thread.
+
+        A handler that settles configuration here (pre-processing read from its folder) updates
+        ``self.config``; the runtime adopts that copy after the load.
+        """
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> ItemT:
@@ -148,6 +81,14 @@ class ModelHandler(ABC, Generic[ItemT, OutputT]):
     def postprocess(self, output: OutputT, *, top_k: int) -> dict[str, Any]:
         """Turn one output into the JSON fields of its answer (e.g. ``{"predictions": [...]}``)."""
 
+    def capabilities(self) -> Capabilities:
+        """What this instance answers, once loaded: every capability class it inherits.
+
+        Override only to withhold one that depends on the model folder (no labels configured:
+        no classification); a task cannot be added here without its class and hooks.
+        """
+        return Capabilities.of(self)
+
     def decode_min_side(self) -> int | None:
         """Shortest side the decoder must keep (JPEG draft mode may decode smaller images)."""
         return self.config.preprocessing.resize
@@ -159,7 +100,7 @@ class ModelHandler(ABC, Generic[ItemT, OutputT]):
         """
         image = Image.new("RGB", (self.config.preprocessing.resize,) * 2, (127, 127, 127))
         item = self.preprocess(image)
-        for size in sorted({1, self.config.max_batch_size or 1}):
+        for size in sorted({1, self.config.max_batch_size}):
             self.predict([item] * size)
 
     def unload(self) -> None:
@@ -169,93 +110,14 @@ class ModelHandler(ABC, Generic[ItemT, OutputT]):
         """Class labels, when the model has them."""
         return []
 
-    # -- optional tasks ----------------------------------------------------------------------
-
-    def tasks(self) -> frozenset[Task]:
-        """What this model answers; the routes refuse the rest with 400 ``unsupported_task``."""
-        return frozenset({"classify"})
-
-    accepts_tensors: bool = False
-    """True where one model input is exactly the pre-processed ``[3, crop, crop]`` float array
-    (``[crop, crop, 3]`` for NHWC), so clients may send tensors instead of encoded images."""
-
-    def tensor_item(self, row: npt.NDArray[np.float32]) -> ItemT:
-        """One pre-processed input sent as a tensor (V2 ``FP32``), checked against the input size."""
-        if not self.accepts_tensors:
-            raise self._unsupported("pre-processed tensors (send encoded images)")
-        size = self.config.preprocessing.crop
-        expected = (size, size, 3) if self.config.preprocessing.layout == "nhwc" else (3, size, size)
-        if tuple(row.shape) != expected:
-            raise InvalidInput(f"each tensor row must have shape {list(expected)}, got {list(row.shape)}")
-        if not np.isfinite(row).all():
-            raise InvalidInput("the tensor holds NaN or infinite values")
-        item: ItemT = np.ascontiguousarray(row, dtype=np.float32)  # type: ignore[assignment]
-        return item
-
     def scores(self, output: OutputT) -> Embedding:
-        """Class probabilities of one image output, aligned with :meth:`labels` (task ``classify``).
+        """Class probabilities of one image output, aligned with :meth:`labels`.
 
         The default fits handlers whose outputs are already the probability vector (every
-        built-in classifier); the V2 protocol's ``probabilities`` output and its classification
-        extension read it.
+        built-in classifier); the V2 protocol's ``probabilities`` output reads it.
         """
-        if "classify" not in self.tasks():
-            raise self._unsupported("class probabilities")
         return np.asarray(output, dtype=np.float32)
 
-    def embed(self, output: OutputT) -> Embedding:
-        """The embedding of one image output (task ``embed_image``), L2-normalised."""
-        raise self._unsupported("image embeddings")
-
-    def embedding_dimension(self) -> int | None:
-        """Length of the embeddings this model answers, when it answers any."""
-        return None
-
-    def preprocess_text(self, prompts: Sequence[str]) -> Any:
-        """Tokenise one text item: several prompts whose embeddings are averaged (task ``embed_text``).
-
-        Runs in the worker pool, like ``preprocess``.
-        """
-        raise self._unsupported("text embeddings")
-
-    def predict_text(self, items: Sequence[Any]) -> Sequence[Embedding | BaseException]:
-        """One L2-normalised embedding per text item, in order; on the instance's own thread."""
-        raise self._unsupported("text embeddings")
-
-    def label_prompts(self, label: str) -> list[str]:
-        """The prompts whose averaged embedding stands for ``label`` in zero-shot classification."""
-        return [label]
-
-    def rank_labels(
-        self, output: OutputT, label_embeddings: Embedding, labels: Sequence[str], *, top_k: int
-    ) -> dict[str, Any]:
-        """Zero-shot answer: score one image output against ``labels`` (task ``zero_shot``)."""
-        raise self._unsupported("zero-shot labels")
-
-    def _unsupported(self, what: str) -> UnsupportedTask:
-        offered = ", ".join(sorted(self.tasks()))
-        return UnsupportedTask(f"model {self.config.name} does not answer {what} (it answers: {offered})")
-
-    def metadata(self) -> dict[str, Any]:
-        """Inputs, outputs and labels, as ``GET /v1/models/{name}`` shows them."""
-        pre = self.config.preprocessing
-        size = pre.crop
-        labels = self.labels()
-        outputs: list[dict[str, Any]] = []
-        if "classify" in self.tasks():
-            outputs.append({"name": "probabilities", "datatype": "FP32", "shape": [-1, len(labels)]})
-        if self.tasks() & {"embed_image", "embed_text"}:
-            dimension = self.embedding_dimension()
-            outputs.append({"name": "embeddings", "datatype": "FP32", "shape": [-1, dimension]})
-        inputs: list[dict[str, Any]] = [
-            {"name": "image", "datatype": "BYTES", "shape": [-1], "format": "encoded image"}
-        ]
-        if "embed_text" in self.tasks():
-            inputs.append({"name": "text", "datatype": "BYTES", "shape": [-1], "format": "UTF-8 text"})
-        return {
-            "inputs": inputs,
-            "outputs": outputs,
-            "input_size": [size, size, 3] if pre.layout == "nhwc" else [3, size, size],
-            "labels_count": len(labels),
-            "tasks": sorted(self.tasks()),
-        }
+    def describe(self) -> dict[str, Any]:
+        """Handler-specific facts added to the model's metadata (the ONNX backend's providers)."""
+        return {}

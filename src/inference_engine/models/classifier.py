@@ -20,38 +20,24 @@ from PIL import Image
 
 from inference_engine.errors import ModelLoadError
 from inference_engine.models.base import ModelHandler
+from inference_engine.models.capabilities import TensorInput
 from inference_engine.models.device import Placement, plan_placement, set_intra_op_threads
 from inference_engine.models.labels import resolve_labels
 from inference_engine.models.transforms import to_chw_array
+from inference_engine.numerics import top_k_predictions
 
 Array = npt.NDArray[np.float32]
 
 logger = logging.getLogger(__name__)
 
 
-def top_k_predictions(probabilities: Array, labels: Sequence[str], top_k: int) -> list[dict[str, Any]]:
-    """The ``top_k`` highest scores as ``{"label", "index", "score"}``, best first."""
-    k = min(top_k, probabilities.shape[0])
-    candidates = np.argpartition(-probabilities, k - 1)[:k]
-    ranked = candidates[np.argsort(-probabilities[candidates], kind="stable")]
-    return [
-        {
-            "label": labels[i] if i < len(labels) else str(i),
-            "index": int(i),
-            "score": float(probabilities[i]),
-        }
-        for i in ranked
-    ]
-
-
-class TorchImageClassifier(ModelHandler[Array, Array]):
+class TorchImageClassifier(TensorInput, ModelHandler[Array, Array]):
     """A torch module mapping ``[N, 3, H, W]`` to ``[N, classes]`` logits."""
 
-    accepts_tensors = True
     #: Run in the ``channels_last`` (NHWC) memory format: the same results, and oneDNN's (CPU)
-    #: and cuDNN's convolution kernels are much faster on it (EfficientNet-Lite0 on 2 CPU cores:
-    #: 13-48% more images/s, docs/PERFORMANCE.md). Off by default: a network of unknown code
-    #: may call ``.view()`` on a feature map, which that layout refuses.
+    #: and cuDNN's convolution kernels are much faster on it (measured in docs/PERFORMANCE.md).
+    #: Off by default: a network of unknown code may call ``.view()`` on a feature map, which
+    #: that layout refuses.
     channels_last: bool = False
 
     def __init__(self, config: Any, model_dir: Path) -> None:
@@ -94,8 +80,8 @@ class TorchImageClassifier(ModelHandler[Array, Array]):
 
         Why: an eager forward pass dispatches every op from Python, holding the GIL each time, so
         it slows down whenever the event loop and the decoding threads run Python; a frozen trace
-        runs in C++ without the GIL, with batch norms folded into the convolutions. EfficientNet-
-        Lite0 on 2 CPU cores: 37% more images/s in-process, 50-60% more served (docs/PERFORMANCE.md).
+        runs in C++ without the GIL, with batch norms folded into the convolutions (measured in
+        docs/PERFORMANCE.md).
         The trace is checked against the eager network on a random batch; any failure or mismatch
         is logged and the eager network serves instead.
         """

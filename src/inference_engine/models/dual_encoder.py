@@ -6,7 +6,8 @@ the served path, the default-label embeddings and the ONNX export run the very s
 
 Pre-processing stays the engine's own (:func:`~inference_engine.models.transforms.to_chw_array`,
 fast and thread-safe) rather than the Hugging Face image processor; its values come from the
-folder's ``preprocessor_config.json`` unless ``model.yaml`` sets ``preprocessing`` itself.
+folder's ``preprocessor_config.json`` (or the image processor nested in ``processor_config.json``,
+as transformers 5 saves a processor) unless ``model.yaml`` sets ``preprocessing`` itself.
 
 ``transformers`` is imported only inside ``load`` (by the subclasses), so a server that serves
 no such model starts without paying for it.
@@ -27,13 +28,26 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
-from inference_engine.errors import InvalidInput, ModelLoadError
-from inference_engine.models.base import Embedding, ModelConfig, ModelHandler, PreprocessingConfig, Task
-from inference_engine.models.classifier import top_k_predictions
+from inference_engine.errors import InvalidInput, ModelLoadError, UnsupportedTask
+from inference_engine.models.base import (
+    Capabilities,
+    Embedding,
+    ModelConfig,
+    ModelHandler,
+    PreprocessingConfig,
+)
+from inference_engine.models.capabilities import ImageEmbedder, TensorInput, ZeroShot
 from inference_engine.models.device import Placement, plan_placement, set_intra_op_threads
-from inference_engine.models.hf import CLIP_MEAN, CLIP_STD, normalise, processor_preprocessing
+from inference_engine.models.hf import (
+    CLIP_MEAN,
+    CLIP_STD,
+    image_processor_file,
+    normalise,
+    processor_preprocessing,
+)
 from inference_engine.models.transforms import to_chw_array
 from inference_engine.models.weights import resolve_weights, weights_absent
+from inference_engine.numerics import softmax, top_k_predictions
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -74,7 +88,7 @@ class Towers:
     image_size: int  # the side the image tower was built for
 
 
-class DualEncoderHandler(ModelHandler[Array, ImageOutput]):
+class DualEncoderHandler(ImageEmbedder, ZeroShot, TensorInput, ModelHandler[Array, ImageOutput]):
     """A model with an image tower and a text tower in one embedding space.
 
     Options: ``hub_id`` (see :mod:`inference_engine.models.weights`) and ``templates`` (prompt
@@ -87,8 +101,6 @@ class DualEncoderHandler(ModelHandler[Array, ImageOutput]):
     }  # fmt: skip
     #: How a bare int ``size`` in ``preprocessor_config.json`` is meant by this model's processor.
     INT_SIZE_IS_SQUARE: ClassVar[bool] = False
-    # The image tower takes exactly the pre-processed [3, crop, crop] array: tensors may be sent.
-    accepts_tensors = True
 
     def __init__(self, config: ModelConfig, model_dir: Path) -> None:
         super().__init__(config, model_dir)
@@ -135,7 +147,7 @@ class DualEncoderHandler(ModelHandler[Array, ImageOutput]):
             raise ModelLoadError(
                 f"model {self.config.name!r}: preprocessing.crop ({crop}) must equal the image size the "
                 f"model was built for ({towers.image_size}); fix preprocessing in model.yaml or "
-                f"{folder / 'preprocessor_config.json'}"
+                f"{image_processor_file(folder) or folder / 'preprocessor_config.json'}"
             )
         self.placement.module(towers.image)
         self.placement.module(towers.text)
@@ -156,15 +168,17 @@ class DualEncoderHandler(ModelHandler[Array, ImageOutput]):
         return tuple(templates)
 
     def _preprocessing(self, folder: Path) -> PreprocessingConfig:
-        """``model.yaml``'s section when it has one, else the folder's processor, else the default."""
+        """``model.yaml``'s section when it has one, else the folder's processor, else the default.
+
+        The processor's settings are in ``preprocessor_config.json`` or, as transformers 5 saves
+        a processor, nested in ``processor_config.json`` (see ``hf.image_processor_file``).
+        """
         if "preprocessing" in self.config.model_fields_set:
             return self.config.preprocessing
-        path = folder / "preprocessor_config.json"
-        fields = (
-            processor_preprocessing(path, int_size_is_square=self.INT_SIZE_IS_SQUARE)
-            if path.is_file()
-            else self.DEFAULT_PREPROCESSING
-        )
+        path = image_processor_file(folder)
+        if path is None:
+            return PreprocessingConfig(**self.DEFAULT_PREPROCESSING)
+        fields = processor_preprocessing(path, int_size_is_square=self.INT_SIZE_IS_SQUARE)
         try:
             return PreprocessingConfig(**fields)
         except ValidationError as exc:
@@ -191,13 +205,13 @@ class DualEncoderHandler(ModelHandler[Array, ImageOutput]):
         return [ImageOutput(vectors[i], None if scores is None else scores[i]) for i in range(len(vectors))]
 
     def postprocess(self, output: ImageOutput, *, top_k: int) -> dict[str, Any]:
-        if output.probabilities is None:
-            raise self._unsupported("classification without labels (send labels, or set them in model.yaml)")
-        return {"predictions": top_k_predictions(output.probabilities, self._labels, top_k)}
+        return {"predictions": top_k_predictions(self.scores(output), self._labels, top_k)}
 
     def scores(self, output: ImageOutput) -> Embedding:
+        # The service asks only while capabilities() offers classify, that is, with labels.
         if output.probabilities is None:
-            raise self._unsupported("class probabilities without labels")
+            name = self.config.name
+            raise UnsupportedTask(f"model {name} does not answer class probabilities without labels")
         return output.probabilities
 
     def embed(self, output: ImageOutput) -> Embedding:
@@ -272,16 +286,14 @@ class DualEncoderHandler(ModelHandler[Array, ImageOutput]):
                 f"of dimension {output.embedding.shape[0]}"
             )
         logits = towers.logit_scale * (label_embeddings.astype(np.float32) @ output.embedding)
-        exp = np.exp(logits - logits.max())
-        return {"predictions": top_k_predictions((exp / exp.sum()).astype(np.float32), labels, top_k)}
+        return {"predictions": top_k_predictions(softmax(logits.astype(np.float32)), labels, top_k)}
 
     # -- the rest of the contract ---------------------------------------------------------------
 
-    def tasks(self) -> frozenset[Task]:
-        tasks: set[Task] = {"embed_image", "embed_text", "zero_shot"}
-        if self._labels:
-            tasks.add("classify")
-        return frozenset(tasks)
+    def capabilities(self) -> Capabilities:
+        """Classification needs labels (``model.yaml``'s, or a fitted head's)."""
+        offered = super().capabilities()
+        return offered if self._labels else offered.without("classify")
 
     def labels(self) -> list[str]:
         return self._labels
@@ -294,7 +306,7 @@ class DualEncoderHandler(ModelHandler[Array, ImageOutput]):
         side = self.config.preprocessing.resize
         image = self.preprocess(Image.new("RGB", (side, side), (127, 127, 127)))
         text = self.preprocess_text(self.label_prompts("cat"))
-        for size in sorted({1, self.config.max_batch_size or 1}):
+        for size in sorted({1, self.config.max_batch_size}):
             self.predict([image] * size)
             self.predict_text([text] * size)
 

@@ -18,7 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from inference_engine.errors import ModelLoadError
-from inference_engine.models.base import ModelConfig, ModelHandler
+from inference_engine.models.base import ModelConfig, ModelFile, ModelHandler
 from inference_engine.models.classifier import EfficientNetLiteClassifier, TorchScriptClassifier
 from inference_engine.models.clip import ClipHandler
 from inference_engine.models.flava import FlavaClassifier
@@ -83,7 +83,7 @@ def read_config(directory: Path, defaults: BatchingSettings) -> ModelConfig:
         raise ModelLoadError(f"{path}: must be a mapping of settings")
     raw.setdefault("name", directory.name)
     try:
-        config = ModelConfig.model_validate(raw)
+        config = ModelFile.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
@@ -93,17 +93,13 @@ def read_config(directory: Path, defaults: BatchingSettings) -> ModelConfig:
         raise ModelLoadError(f"{path}: {problems}") from None
     if config.name != directory.name:
         raise ModelLoadError(f"{path}: name {config.name!r} must match the folder name {directory.name!r}")
-    return config.model_copy(
-        update={
-            "max_batch_size": config.max_batch_size or defaults.max_batch_size,
-            "max_batch_delay_ms": (
-                defaults.max_batch_delay_ms
-                if config.max_batch_delay_ms is None
-                else config.max_batch_delay_ms
-            ),
-            "max_queue_size": config.max_queue_size or defaults.max_queue_size,
-        }
+    settled = config.model_dump(exclude_unset=True)
+    settled["max_batch_size"] = config.max_batch_size or defaults.max_batch_size
+    settled["max_batch_delay_ms"] = (
+        defaults.max_batch_delay_ms if config.max_batch_delay_ms is None else config.max_batch_delay_ms
     )
+    settled["max_queue_size"] = config.max_queue_size or defaults.max_queue_size
+    return ModelConfig.model_validate(settled)
 
 
 def resolve_handler(directory: Path, handler: str, backend: str = "torch") -> HandlerClass:
@@ -165,6 +161,12 @@ def check_contract(directory: Path, cls: HandlerClass) -> None:
                 f"{directory}: {cls.__name__}.{hook} must take {arity} argument(s) after self, "
                 f"takes {len(positional)}"
             )
+    if any("tasks" in vars(klass) for klass in cls.__mro__):
+        raise ModelLoadError(
+            f"{directory}: handler {cls.__name__} defines tasks(); what a model answers now follows from "
+            "the capability classes it inherits (inference_engine.models.capabilities: ImageEmbedder, "
+            "TextEncoder, ZeroShot, TensorInput); override capabilities() only to withhold one"
+        )
     if not any(p.name == "top_k" for p in inspect.signature(cls.postprocess).parameters.values()):
         raise ModelLoadError(f"{directory}: {cls.__name__}.postprocess must accept the keyword top_k")
 

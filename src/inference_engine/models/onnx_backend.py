@@ -22,8 +22,8 @@ file, the execution provider, the input's element type and shape against ``dtype
   Runtime's graph rewrites at load time; lower it only to debug a model that optimises wrongly.
 * ``allow_spinning``: ``false`` (default) lets idle intra-op threads sleep; ``true`` is ONNX
   Runtime's own default, where they busy-wait for the next op. Spinning takes the cores that
-  decode the next requests: on 2 cores, turning it off served about 13% more images per second
-  at 32 clients (docs/PERFORMANCE.md). Turn it on for a machine that only runs the model.
+  decode the next requests (measured in docs/PERFORMANCE.md). Turn it on for a machine that
+  only runs the model.
 
 Threads: the top-level ``intra_op_threads`` sets ONNX Runtime's intra-op pool of each instance.
 Left null, ONNX Runtime decides (one thread per physical core); set it when several instances or
@@ -50,10 +50,17 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from inference_engine.errors import ModelLoadError
-from inference_engine.models.base import Embedding, ModelConfig, ModelHandler, PreprocessingConfig, Task
-from inference_engine.models.classifier import top_k_predictions
+from inference_engine.models.base import (
+    Capabilities,
+    Embedding,
+    ModelConfig,
+    ModelHandler,
+    PreprocessingConfig,
+)
+from inference_engine.models.capabilities import ImageEmbedder
 from inference_engine.models.labels import resolve_labels
 from inference_engine.models.transforms import to_chw_array
+from inference_engine.numerics import l2_normalise, softmax, top_k_predictions
 
 logger = logging.getLogger(__name__)
 
@@ -207,26 +214,12 @@ def check_input_shape(name: str, shape: Sequence[Any], pre: PreprocessingConfig)
     return fixed[0]
 
 
-def softmax(logits: Array) -> Array:
-    """Row-wise softmax, shifted by the row maximum so large logits do not overflow."""
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    result: Array = shifted / shifted.sum(axis=-1, keepdims=True)
-    return result
-
-
-def l2_normalise(vectors: Array) -> Array:
-    """Rows scaled to unit length (a zero row stays zero rather than becoming NaN)."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    result: Array = vectors / np.maximum(norms, 1e-12)
-    return result
-
-
-class OnnxImageModel(ModelHandler[Array, Array]):
+class OnnxImageModel(ImageEmbedder, ModelHandler[Array, Array]):
     """An image model on ONNX Runtime; outputs are probabilities or unit-length embeddings."""
 
     def __init__(self, config: ModelConfig, model_dir: Path) -> None:
         super().__init__(config, model_dir)
-        self.options = parse_options(config)  # here, so tasks() is right before load too
+        self.options = parse_options(config)  # here, so capabilities() is right before load too
         self._session: Any = None
         self._input_name = ""
         self._output_name = ""
@@ -374,29 +367,25 @@ class OnnxImageModel(ModelHandler[Array, Array]):
         return list(raw)
 
     def postprocess(self, output: Array, *, top_k: int) -> dict[str, Any]:
-        if self.options.output == "embedding":
-            raise self._unsupported("classification")
         return {"predictions": top_k_predictions(output, self._labels, top_k)}
 
     def labels(self) -> list[str]:
         return self._labels
 
-    def tasks(self) -> frozenset[Task]:
-        return frozenset({"embed_image"} if self.options.output == "embedding" else {"classify"})
+    def capabilities(self) -> Capabilities:
+        """An embedding graph embeds; a logits or probabilities graph classifies."""
+        offered = super().capabilities()
+        return offered.without("classify" if self.options.output == "embedding" else "embed_image")
 
     def embed(self, output: Array) -> Embedding:
-        if self.options.output != "embedding":
-            raise self._unsupported("image embeddings")
         return output
 
     def embedding_dimension(self) -> int | None:
         return self._width if self.options.output == "embedding" else None
 
-    def metadata(self) -> dict[str, Any]:
-        meta = super().metadata()
+    def describe(self) -> dict[str, Any]:
         providers = self._session.get_providers() if self._session is not None else []
-        meta["backend"] = {"name": "onnx", "providers": providers, "fixed_batch": self._fixed_batch}
-        return meta
+        return {"backend": {"name": "onnx", "providers": providers, "fixed_batch": self._fixed_batch}}
 
     def unload(self) -> None:
         self._session = None

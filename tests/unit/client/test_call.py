@@ -22,7 +22,7 @@ from inference_engine.client import (
     Timeout,
     Unauthorized,
 )
-from inference_engine.client._core import TIMEOUT_HEADER, RequestSpec, Settings, predict_request
+from inference_engine.client._core import TIMEOUT_HEADER, ClientSettings, RequestSpec, predict_request
 from inference_engine.client.errors import InvalidResponse, error_from_response
 from tests.unit.client.test_breaker import FakeClock
 
@@ -43,8 +43,8 @@ def settings(
     total: float | None = 60.0,
     breaker: CircuitBreaker | None = None,
     gateway: bool = False,
-) -> Settings:
-    return Settings(
+) -> ClientSettings:
+    return ClientSettings(
         connect_timeout_s=5.0,
         read_timeout_s=30.0,
         total_timeout_s=total,

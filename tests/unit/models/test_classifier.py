@@ -10,13 +10,10 @@ import torch
 from PIL import Image
 from skimage import data
 
+from inference_engine.describe import describe_model
 from inference_engine.errors import ModelLoadError
 from inference_engine.models.base import ModelConfig
-from inference_engine.models.classifier import (
-    EfficientNetLiteClassifier,
-    TorchScriptClassifier,
-    top_k_predictions,
-)
+from inference_engine.models.classifier import EfficientNetLiteClassifier, TorchScriptClassifier
 from tests.repository import add_tiny_cnn
 
 
@@ -50,18 +47,10 @@ def test_batched_and_single_outputs_agree(efficientnet: EfficientNetLiteClassifi
 
 
 def test_metadata_and_warmup(efficientnet: EfficientNetLiteClassifier) -> None:
-    meta = efficientnet.metadata()
-    assert meta["input_size"] == [3, 224, 224]
-    assert meta["labels_count"] == 1000
+    meta = describe_model(efficientnet.config, efficientnet)
+    assert meta.input_size == (3, 224, 224)
+    assert meta.labels_count == 1000
     efficientnet.warmup()  # runs batch 1 and batch max_batch_size without raising
-
-
-def test_top_k_is_sorted_and_clamped() -> None:
-    scores = np.array([0.1, 0.5, 0.05, 0.35], dtype=np.float32)
-    ranked = top_k_predictions(scores, ["a", "b", "c", "d"], 3)
-    assert [(p["label"], p["index"]) for p in ranked] == [("b", 1), ("d", 3), ("a", 0)]
-    assert len(top_k_predictions(scores, ["a", "b", "c", "d"], 50)) == 4
-    assert top_k_predictions(scores, [], 1)[0]["label"] == "1"  # no labels: the index as text
 
 
 def test_torchscript_classifier_on_auto_device(tmp_path: Path) -> None:

@@ -22,6 +22,8 @@ import yaml
 from PIL import Image
 from skimage import data
 
+from inference_engine.answers import TensorSpec
+from inference_engine.describe import describe_model
 from inference_engine.errors import InvalidInput, ModelLoadError, UnsupportedTask
 from inference_engine.models import dual_encoder
 from inference_engine.models.base import ModelConfig
@@ -230,7 +232,7 @@ def test_label_prompts_follow_the_templates(clip: ClipHandler) -> None:
 
 
 def test_default_labels_answer_predict_with_probabilities(clip: ClipHandler) -> None:
-    assert clip.tasks() == {"classify", "embed_image", "embed_text", "zero_shot"}
+    assert clip.capabilities().tasks == {"classify", "embed_image", "embed_text", "zero_shot"}
     assert clip.labels() == ["cat", "dog", "car"]
     for output in embed_images(clip, photos()):
         predictions = clip.postprocess(output, top_k=3)["predictions"]
@@ -319,14 +321,14 @@ def test_many_default_labels_are_embedded_in_bounded_forwards(
 def test_without_labels_predict_is_refused_but_the_rest_answers(clip_dir: Path) -> None:
     handler = handler_for(clip_dir, labels=None)
     handler.load("cpu")
-    assert handler.tasks() == {"embed_image", "embed_text", "zero_shot"}
+    assert handler.capabilities().tasks == {"embed_image", "embed_text", "zero_shot"}
     (output,) = embed_images(handler, [photos()[0]])
     assert output.probabilities is None
     with pytest.raises(UnsupportedTask, match="classification without labels"):
-        handler.postprocess(output, top_k=1)
-    assert handler.metadata()["outputs"] == [
-        {"name": "embeddings", "datatype": "FP32", "shape": [-1, PROJECTION_DIM]}
-    ]
+        handler.capabilities().require("classify", "m")
+    assert describe_model(handler.config, handler).outputs == (
+        TensorSpec("embeddings", "FP32", (-1, PROJECTION_DIM)),
+    )
 
 
 # -- loading ----------------------------------------------------------------------------------

@@ -78,7 +78,7 @@ def test_image_embeddings_are_the_normalised_projected_cls(flava: FlavaClassifie
 def test_predict_answers_the_heads_softmax_with_its_labels(flava: FlavaClassifier, flava_dir: Path) -> None:
     weight, bias = read_head(flava_dir / "head.safetensors")
     assert flava.labels() == LABELS
-    assert flava.tasks() == {"classify", "embed_image", "embed_text", "zero_shot"}
+    assert flava.capabilities().tasks == {"classify", "embed_image", "embed_text", "zero_shot"}
     for output in outputs(flava, photos()):
         expected = torch.softmax(weight @ torch.from_numpy(output.embedding) + bias, dim=-1).numpy()
         assert output.probabilities is not None
@@ -160,7 +160,7 @@ def test_a_corrupt_head_is_refused(flava_dir: Path, tmp_path: Path) -> None:
 def test_without_a_head_it_serves_embeddings_and_zero_shot(flava_dir: Path) -> None:
     handler = handler_for(flava_dir, options={"head": None})
     handler.load("cpu")
-    assert handler.tasks() == {"embed_image", "embed_text", "zero_shot"}
+    assert handler.capabilities().tasks == {"embed_image", "embed_text", "zero_shot"}
     (output,) = outputs(handler, [photos()[1]])
     with pytest.raises(UnsupportedTask):
         handler.postprocess(output, top_k=1)

@@ -15,6 +15,8 @@ from onnx import TensorProto, helper
 from PIL import Image
 from skimage import data
 
+from inference_engine.answers import TensorSpec
+from inference_engine.describe import describe_model
 from inference_engine.errors import ModelLoadError, UnsupportedTask
 from inference_engine.models.base import ModelConfig
 from inference_engine.models.loader import resolve_handler
@@ -143,7 +145,7 @@ def test_logits_become_the_torch_networks_softmax(folder: Path, network: TinyCNN
         assert float(output.sum()) == pytest.approx(1.0, abs=1e-5)
     answer = handler.postprocess(outputs[0], top_k=2)["predictions"]
     assert [p["label"] for p in answer] == [LABELS[i] for i in np.argsort(-expected[0])[:2]]
-    assert handler.tasks() == frozenset({"classify"})
+    assert handler.capabilities().tasks == frozenset({"classify"})
     assert handler.labels() == LABELS
     assert handler.embedding_dimension() is None
 
@@ -167,13 +169,13 @@ def test_embeddings_are_unit_length_and_only_embeddings_are_offered(folder: Path
         assert isinstance(output, np.ndarray)
         np.testing.assert_allclose(handler.embed(output), want, atol=1e-5)
         assert float(np.linalg.norm(output)) == pytest.approx(1.0, abs=1e-5)
-    assert handler.tasks() == frozenset({"embed_image"})
+    assert handler.capabilities().tasks == frozenset({"embed_image"})
     assert handler.embedding_dimension() == 8
-    meta = handler.metadata()
-    assert meta["outputs"] == [{"name": "embeddings", "datatype": "FP32", "shape": [-1, 8]}]
-    assert meta["tasks"] == ["embed_image"]
+    meta = describe_model(handler.config, handler)
+    assert meta.outputs == (TensorSpec("embeddings", "FP32", (-1, 8)),)
+    assert meta.tasks == {"embed_image"}
     with pytest.raises(UnsupportedTask, match="does not answer classification"):
-        handler.postprocess(outputs[0], top_k=1)
+        handler.capabilities().require("classify", "m")
 
 
 def test_a_classifier_refuses_embeddings(folder: Path) -> None:
@@ -181,15 +183,15 @@ def test_a_classifier_refuses_embeddings(folder: Path) -> None:
     (output,) = handler.predict([handler.preprocess(PHOTOS[0])])
     assert isinstance(output, np.ndarray)
     with pytest.raises(UnsupportedTask, match="image embeddings"):
-        handler.embed(output)
+        handler.capabilities().require("embed_image", "m")
 
 
 def test_a_fixed_batch_of_one_still_serves_any_batch(folder: Path) -> None:
     dynamic = loaded(folder, "logits.onnx")
     fixed = loaded(folder, "batch1.onnx")
     items = [dynamic.preprocess(p) for p in PHOTOS]
-    assert fixed.metadata()["backend"]["fixed_batch"] == 1
-    assert dynamic.metadata()["backend"] == {"name": "onnx", "providers": ["CPUExecutionProvider"],
+    assert fixed.describe()["backend"]["fixed_batch"] == 1
+    assert dynamic.describe()["backend"] == {"name": "onnx", "providers": ["CPUExecutionProvider"],
                                              "fixed_batch": None}  # fmt: skip
     np.testing.assert_allclose(np.stack(fixed.predict(items)), np.stack(dynamic.predict(items)), atol=1e-6)
     fixed.warmup()  # batches of 1 and of max_batch_size
@@ -202,7 +204,7 @@ def test_channels_last_models_take_nhwc_input(folder: Path, network: TinyCNN) ->
         [handler.preprocess(p).transpose(2, 0, 1) for p in PHOTOS]
     )
     np.testing.assert_allclose(np.stack(outputs), np.stack(reference), atol=1e-5)
-    assert handler.metadata()["input_size"] == [CROP, CROP, 3]
+    assert describe_model(handler.config, handler).input_size == (CROP, CROP, 3)
 
 
 def test_float16_models_need_dtype_float16(folder: Path) -> None:
@@ -266,7 +268,7 @@ def test_cuda_without_the_cuda_provider_is_a_load_error(folder: Path) -> None:
         make(folder).load("cuda")
     auto = make(folder)
     auto.load("auto")  # auto falls back to the CPU
-    assert auto.metadata()["backend"]["providers"] == ["CPUExecutionProvider"]
+    assert auto.describe()["backend"]["providers"] == ["CPUExecutionProvider"]
 
 
 def test_provider_choice() -> None:

@@ -1,0 +1,107 @@
+"""A model's configuration: ``model.yaml``'s schema, and the resolved form handlers receive.
+
+``ModelFile`` is what a folder's ``model.yaml`` may say; batching keys left out there take the
+server's ``batching`` defaults. The loader resolves one into a :class:`ModelConfig`, where every
+value is settled (no ``None`` left to assert on later), and that is the one copy the runtime,
+the batcher and the handler share.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class PreprocessingConfig(BaseModel):
+    """How an RGB image becomes the model's input tensor."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    resize: int = Field(256, ge=1)
+    """Shorter side after resizing (both sides with ``resize_mode: stretch``), before the crop."""
+    resize_mode: Literal["shorter_side", "stretch"] = "shorter_side"
+    """``shorter_side`` keeps the aspect ratio; ``stretch`` resizes to a ``resize`` square."""
+    crop: int = Field(224, ge=1)
+    """Side of the square centre crop fed to the model."""
+    interpolation: Literal["nearest", "bilinear", "bicubic", "lanczos"] = "bicubic"
+    """Resampling filter for the resize."""
+    mean: tuple[float, float, float] = (127.0, 127.0, 127.0)
+    """Per-channel value subtracted from 0..255 pixels."""
+    std: tuple[float, float, float] = (128.0, 128.0, 128.0)
+    """Per-channel divisor applied after the mean."""
+    channel_order: Literal["rgb", "bgr"] = "rgb"
+    """Channel order the network expects (Caffe-trained networks such as open_nsfw want BGR);
+    ``mean`` and ``std`` are given in this order."""
+    layout: Literal["nchw", "nhwc"] = "nchw"
+    """Tensor layout of one input: channels first (PyTorch) or last (TensorFlow/Caffe exports)."""
+
+    @field_validator("crop")
+    @classmethod
+    def _crop_fits(cls, crop: int, info: Any) -> int:
+        resize = info.data.get("resize")
+        if resize is not None and crop > resize:
+            raise ValueError(f"crop ({crop}) must not exceed resize ({resize})")
+        return crop
+
+
+class _ModelFields(BaseModel):
+    """What ``model.yaml`` and the resolved configuration share."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, protected_namespaces=())
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+    """Name used in URLs (``/v1/models/{name}/predict``); must match the folder name."""
+    version: str = "1"
+    """Version reported with every answer."""
+    handler: str
+    """A built-in handler name, or ``model.py:ClassName`` for a custom handler in the folder."""
+    backend: Literal["torch", "onnx"] = "torch"
+    """Runtime that executes the network: PyTorch, or ONNX Runtime on ``weights`` (an ``.onnx`` file)."""
+    weights: str | None = None
+    """Weights: a file or folder relative to the model folder (or absolute), a Hugging Face hub id
+    for handlers that load from the hub, or ``null`` where the handler knows (packaged weights)."""
+    device: str = "cpu"
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available)."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Floating-point type of the weights and inputs."""
+    labels: str | list[str] | None = None
+    """``imagenet``, a text file in the folder (one label per line), or an inline list."""
+    top_k: int = Field(5, ge=1)
+    """Default number of predictions answered; a request may ask for another ``top_k``."""
+    label_cache_size: int = Field(1024, ge=0, le=1_000_000)
+    """Zero-shot models: label embeddings kept for labels that requests bring (LRU; 0 keeps none)."""
+    intra_op_threads: int | None = Field(None, ge=1, le=256)
+    """Threads one forward pass may use (torch intra-op, ONNX Runtime intra-op); null: one per core."""
+    instances: int = Field(1, ge=1, le=64)
+    """Model copies, each with its own thread, fed from the same queue."""
+    preprocessing: PreprocessingConfig = Field(default_factory=PreprocessingConfig)
+    """Image pre-processing."""
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Handler-specific settings."""
+
+
+class ModelFile(_ModelFields):
+    """The schema of ``models/<name>/model.yaml``."""
+
+    max_batch_size: int | None = Field(None, ge=1, le=4096)
+    """Overrides ``batching.max_batch_size`` for this model."""
+    max_batch_delay_ms: float | None = Field(None, ge=0)
+    """Overrides ``batching.max_batch_delay_ms`` for this model."""
+    max_queue_size: int | None = Field(None, ge=1)
+    """Overrides ``batching.max_queue_size`` for this model."""
+
+
+class ModelConfig(_ModelFields):
+    """A model's settled configuration: ``model.yaml`` with the server's batching defaults filled in.
+
+    Handlers receive this; a handler that settles more at load (pre-processing read from a
+    Hugging Face folder) hands back its copy and the runtime adopts it.
+    """
+
+    max_batch_size: int = Field(8, ge=1, le=4096)
+    """Largest batch handed to one forward pass."""
+    max_batch_delay_ms: float = Field(5.0, ge=0)
+    """How long a batch may wait for more items after its first item arrived."""
+    max_queue_size: int = Field(256, ge=1)
+    """Requests that may wait for this model; past it new requests get 503 with Retry-After."""

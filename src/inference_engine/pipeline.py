@@ -1,0 +1,160 @@
+"""One input through the stages: prepared in the worker pool, queued, batched, answered.
+
+:class:`InputPipeline` is the service's engine room: it decodes or tokenises an input in the
+worker pool (announced to the batcher meanwhile, so a forming batch waits for it), submits it
+to the model's batcher under the request's deadline, and records the queue-wait and inference
+spans. Which model, which capability and which outputs are the service's decisions, not its.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from opentelemetry import trace
+
+from inference_engine.answers import Modality
+from inference_engine.batching import BatchResult
+from inference_engine.errors import DeadlineExceeded
+from inference_engine.imaging import ImageLimits, decode_image
+from inference_engine.metrics import Metrics
+from inference_engine.models.base import ModelHandler
+from inference_engine.models.capabilities import TextEncoder
+from inference_engine.runtime import ModelRuntime
+
+R = TypeVar("R")
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+@dataclass(frozen=True)
+class InputRun:
+    """One input's output from a batch, and what it cost."""
+
+    output: Any
+    preprocess_s: float
+    queue_s: float
+    inference_s: float
+    batch_size: int
+
+
+class InputPipeline:
+    """Prepares inputs in a worker pool and runs them through a model's batchers."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        tracer: trace.Tracer,
+        limits: ImageLimits,
+        workers: int,
+        admit: Callable[[ModelRuntime], object],
+    ) -> None:
+        self.metrics = metrics
+        self.limits = limits
+        self._tracer = tracer
+        # Called again right before queueing: the server may have begun draining, or the model
+        # restarting, while the input was being prepared.
+        self._admit = admit
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="preprocess")
+
+    async def in_pool(self, fn: Callable[..., R], *args: Any) -> R:
+        """``fn(*args)`` on a worker thread, with this request's context (its id in log lines)."""
+        loop = asyncio.get_running_loop()
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._pool, functools.partial(context.run, fn, *args))
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def image(
+        self, runtime: ModelRuntime, handler: ModelHandler[Any, Any], data: bytes, deadline: float,
+        request_id: str,
+    ) -> InputRun:  # fmt: skip
+        started = time.monotonic()
+        with _announced(runtime, "image"), self._tracer.start_as_current_span("decode"):
+            item = await self.in_pool(_prepare, handler, data, self.limits)
+        preprocess_s = time.monotonic() - started
+        self.metrics.preprocess_duration.labels(runtime.name).observe(preprocess_s)
+        return await self.submit(runtime, "image", item, preprocess_s, deadline, request_id)
+
+    async def text(
+        self,
+        runtime: ModelRuntime,
+        encoder: TextEncoder,
+        prompts: list[str],
+        deadline: float,
+        request_id: str,
+    ) -> InputRun:
+        started = time.monotonic()
+        with _announced(runtime, "text"), self._tracer.start_as_current_span("tokenize"):
+            item = await self.in_pool(encoder.preprocess_text, prompts)
+        preprocess_s = time.monotonic() - started
+        return await self.submit(runtime, "text", item, preprocess_s, deadline, request_id)
+
+    async def submit(
+        self, runtime: ModelRuntime, modality: Modality, item: Any, preprocess_s: float, deadline: float,
+        request_id: str,
+    ) -> InputRun:  # fmt: skip
+        self._admit(runtime)
+        batcher = runtime.batchers[modality]  # ready implies running batchers
+        request_span = trace.get_current_span().get_span_context()
+        enqueued_ns = time.time_ns()
+        future = batcher.submit(item, deadline=deadline, request_id=request_id, span_context=request_span)
+        remaining = deadline - time.monotonic()
+        try:
+            result: BatchResult[Any] = await asyncio.wait_for(future, timeout=max(remaining, 0.0))
+        except TimeoutError:
+            raise DeadlineExceeded(f"no answer within the request deadline ({runtime.name})") from None
+        self._record_batch_spans(enqueued_ns, result)
+        return InputRun(result.output, preprocess_s, result.queue_s, result.inference_s, result.batch_size)
+
+    def _record_batch_spans(self, enqueued_ns: int, result: BatchResult[Any]) -> None:
+        """Queue-wait and inference spans for this request, timed from what the batcher measured."""
+        batch_started_ns = enqueued_ns + int(result.queue_s * 1e9)
+        self._tracer.start_span("queue_wait", start_time=enqueued_ns).end(end_time=batch_started_ns)
+        span = self._tracer.start_span(
+            "inference",
+            start_time=batch_started_ns,
+            attributes={
+                "inference_engine.batch.size": result.batch_size,
+                "inference_engine.batch.id": result.batch_id,
+            },
+        )
+        span.end(end_time=batch_started_ns + int(result.inference_s * 1e9))
+
+
+def _announced(runtime: ModelRuntime, modality: Modality) -> contextlib.AbstractContextManager[None]:
+    """The batcher's ``incoming()`` for one input being prepared (nothing while it is restarting)."""
+    batcher = runtime.batchers.get(modality)
+    return batcher.incoming() if batcher is not None else contextlib.nullcontext()
+
+
+async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Await two things concurrently; on the first failure cancel the other."""
+    a, b = await gather_or_cancel(first, second)
+    return a, b
+
+
+async def gather_or_cancel(*work: Awaitable[Any]) -> list[Any]:
+    """Await all of ``work`` in order; on the first failure cancel the rest (they would be wasted)."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def _prepare(handler: ModelHandler[Any, Any], data: bytes, limits: ImageLimits) -> Any:
+    """Decode and pre-process one request with ``handler`` (worker pool thread)."""
+    image = decode_image(data, limits, min_side=handler.decode_min_side())
+    return handler.preprocess(image)
