@@ -72,7 +72,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health.build_router(service, settings, metrics))
     app.include_router(routes.build_router(service, settings, fetcher))
-    app.include_router(v2.build_router(service, settings))
+    v2_router = v2.build_router(service, settings)
+    app.include_router(v2_router)
     app.include_router(embeddings.build_router(service, settings))
     limiter = RateLimiter(settings.rate_limit) if settings.rate_limit.enabled else None
     # Added first, so it runs inside the request-context middleware (request ids on its errors).
@@ -81,5 +82,10 @@ def create_app(
     )
     if settings.server.playground:  # the static page loads without a key; its API calls need one
         app.add_middleware(playground.PublicPlaygroundMiddleware)
-    app.add_middleware(RequestContextMiddleware, metrics=metrics, access_log=settings.logging.access_log)
+    app.add_middleware(
+        RequestContextMiddleware,
+        metrics=metrics,
+        access_log=settings.logging.access_log,
+        v2_routes=v2_router.routes,
+    )
     return app

@@ -10,8 +10,10 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference_engine.api.access import OPERATIONAL_PATHS
@@ -49,9 +51,25 @@ def incoming_request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return uuid.uuid4().hex
 
 
+def route_protocol(scope: Scope, v2_routes: Sequence[BaseRoute]) -> Literal["native", "v2"]:
+    """``v2`` when the request matches one of the Open Inference Protocol's routes.
+
+    Known before access control and routing run, so a 401 or 429 on a V2 route is in V2's shape;
+    a URL that matches no route keeps the native shape.
+    """
+    for route in v2_routes:
+        match, _ = route.matches(scope)
+        if match is not Match.NONE:
+            return "v2"
+    return "native"
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, metrics: Metrics, access_log: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, metrics: Metrics, access_log: bool = True, v2_routes: Sequence[BaseRoute] = ()
+    ) -> None:
         self.app = app
+        self.v2_routes = v2_routes
         self.metrics = metrics
         self.access_log = access_log
 
@@ -60,7 +78,11 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.monotonic()
-        ctx = RequestContext(request_id=incoming_request_id(scope["headers"]), started=started)
+        ctx = RequestContext(
+            request_id=incoming_request_id(scope["headers"]),
+            started=started,
+            protocol=route_protocol(scope, self.v2_routes),
+        )
         token = current_request.set(ctx)
         status = 500
         response_started = False

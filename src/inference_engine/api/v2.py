@@ -21,8 +21,6 @@ from typing import Any, cast
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from fastapi.routing import APIRoute
-from starlette.types import Receive, Scope, Send
 
 from inference_engine import __version__
 from inference_engine.answers import ModelMetadata, OutputName, Rows
@@ -40,26 +38,11 @@ from inference_engine.api.v2codec import (
     encode_response,
 )
 from inference_engine.errors import BadRequest
-from inference_engine.logging import current_request
 from inference_engine.numerics import top_k_predictions
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
 
 EXTENSIONS = ["binary_tensor_data", "classification", "statistics"]
-
-
-class V2Route(APIRoute):
-    """A route of the Open Inference Protocol: its errors take V2's ``{"error": "..."}`` shape.
-
-    Set when the route is matched, before its body, parameters or handler run, so every error
-    it answers (405, validation, engine errors) is shaped by the route, not by the URL.
-    """
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ctx = current_request.get()
-        if ctx is not None:
-            ctx.protocol = "v2"
-        await super().handle(scope, receive, send)
 
 
 def metadata_body(meta: ModelMetadata) -> dict[str, Any]:
@@ -187,7 +170,9 @@ INFER_BODY: dict[str, Any] = {
 
 
 def build_router(service: InferenceService, settings: Settings) -> APIRouter:
-    router = APIRouter(tags=["open inference protocol v2"], route_class=V2Route)
+    # Its routes also decide the error shape: the request-context middleware matches requests
+    # against them before access control runs (errors on them answer {"error": "..."}).
+    router = APIRouter(tags=["open inference protocol v2"])
 
     @router.get("/v2", summary="Server metadata")
     async def server_metadata() -> dict[str, Any]:

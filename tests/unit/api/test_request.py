@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from inference_engine.api.access import hash_key
 from inference_engine.api.request import OFF_LOOP_BYTES, off_loop
 from inference_engine.metrics import Metrics
 from inference_engine.server import build_app
@@ -64,3 +65,13 @@ async def test_an_unknown_model_is_404_before_the_timeout_header_is_read(client:
         "/v1/models/colour/predict", content=b"x", headers={"X-Request-Timeout-Ms": "abc"}
     )
     assert response.status_code == 400
+
+
+async def test_access_errors_on_v2_routes_take_the_v2_shape(tmp_path: Path) -> None:
+    add_colour_model(tmp_path, "colour")
+    settings = Settings(model_repository=tmp_path, auth={"enabled": True, "api_key_hashes": [hash_key("k")]})
+    async with in_process_client(build_app(settings, Metrics())) as client:
+        v2 = await client.post("/v2/models/colour/infer", content=b"{}")
+        assert v2.status_code == 401 and isinstance(v2.json()["error"], str)
+        native = await client.post("/v1/models/colour/predict", content=b"x")
+        assert native.status_code == 401 and native.json()["error"]["type"] == "unauthorized"
