@@ -30,6 +30,9 @@ from inference_engine.models.capabilities import TextEncoder
 from inference_engine.runtime import ModelRuntime
 
 R = TypeVar("R")
+
+#: Work on fewer bytes than this (checking a small tensor row) is cheaper than a thread hop.
+POOL_BYTES = 256 * 1024
 A = TypeVar("A")
 B = TypeVar("B")
 
@@ -69,6 +72,12 @@ class InputPipeline:
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()
         return await loop.run_in_executor(self._pool, functools.partial(context.run, fn, *args))
+
+    async def in_pool_if(self, size: int, fn: Callable[..., R], *args: Any) -> R:
+        """``fn(*args)`` in the pool when ``size`` bytes make the hop worth it, else right here."""
+        if size < POOL_BYTES:
+            return fn(*args)
+        return await self.in_pool(fn, *args)
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

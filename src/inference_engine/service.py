@@ -344,7 +344,8 @@ class InferenceService:
             if images:
                 work = [self.pipeline.image(runtime, handler, d, deadline, request_id) for d in images]
             elif checker is not None:
-                items = await self.pipeline.in_pool(tensor_items, checker, tensors)
+                size = sum(row.nbytes for row in tensors)
+                items = await self.pipeline.in_pool_if(size, tensor_items, checker, tensors)
                 work = [self.pipeline.submit(runtime, "image", i, 0.0, deadline, request_id) for i in items]
             else:
                 assert encoder is not None

@@ -12,12 +12,12 @@ import base64
 from typing import Any, Literal
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inference_engine.answers import Embeddings
 from inference_engine.api.payload import decode_base64_image
-from inference_engine.api.request import InferenceCall, off_loop
+from inference_engine.api.request import InferenceCall, json_response, off_loop
 from inference_engine.errors import BadRequest
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
@@ -45,11 +45,10 @@ def _inputs(body: EmbeddingRequest) -> list[str]:
     return [str(v) for v in values]
 
 
-def _encode(vector: np.ndarray[Any, Any], encoding: str) -> list[float] | str:
+def _encode(vector: np.ndarray[Any, Any], encoding: str) -> np.ndarray[Any, Any] | str:
     if encoding == "base64":
         return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode()
-    floats: list[float] = vector.astype(np.float32).tolist()
-    return floats
+    return np.ascontiguousarray(vector, dtype=np.float32)  # written as JSON numbers by json_response
 
 
 def build_router(service: InferenceService, settings: Settings) -> APIRouter:
@@ -64,8 +63,9 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
                 "content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}},
             }
         },
+        response_model=dict[str, Any],
     )
-    async def embeddings(request: Request) -> dict[str, Any]:
+    async def embeddings(request: Request) -> Response:
         call = InferenceCall(request, settings.server)
         raw = await call.body()
         body = await off_loop(len(raw), _parse, raw)
@@ -82,7 +82,7 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
             service.embed(model, deadline=call.deadline, request_id=call.request_id, **kinds)
         )
         size = len(result.vectors) * result.dimension * 4
-        return await off_loop(size, _answer, result, body, inputs)
+        return await json_response(size, _answer, result, body, inputs)
 
     return router
 

@@ -7,6 +7,7 @@ exact status that went out.
 from __future__ import annotations
 
 import logging
+import posixpath
 import re
 import time
 import uuid
@@ -51,12 +52,15 @@ def incoming_request_id(headers: list[tuple[bytes, bytes]]) -> str:
     return uuid.uuid4().hex
 
 
-def route_protocol(scope: Scope, v2_routes: Sequence[BaseRoute]) -> Literal["native", "v2"]:
+def route_protocol(scope: Scope, v2_routes: Sequence[BaseRoute], prefix: str = "") -> Literal["native", "v2"]:
     """``v2`` when the request matches one of the Open Inference Protocol's routes.
 
     Known before access control and routing run, so a 401 or 429 on a V2 route is in V2's shape;
-    a URL that matches no route keeps the native shape.
+    a URL that matches no route keeps the native shape. ``prefix``, the routes' common start,
+    spares the route matching for every other request.
     """
+    if not scope["path"].startswith(prefix):
+        return "native"
     for route in v2_routes:
         match, _ = route.matches(scope)
         if match is not Match.NONE:
@@ -70,6 +74,9 @@ class RequestContextMiddleware:
     ) -> None:
         self.app = app
         self.v2_routes = v2_routes
+        self.v2_prefix = (
+            posixpath.commonpath([getattr(r, "path", "/") for r in v2_routes]) if v2_routes else ""
+        )
         self.metrics = metrics
         self.access_log = access_log
 
@@ -81,7 +88,7 @@ class RequestContextMiddleware:
         ctx = RequestContext(
             request_id=incoming_request_id(scope["headers"]),
             started=started,
-            protocol=route_protocol(scope, self.v2_routes),
+            protocol=route_protocol(scope, self.v2_routes, self.v2_prefix),
         )
         token = current_request.set(ctx)
         status = 500

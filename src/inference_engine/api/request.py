@@ -15,8 +15,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import Receive
 
 from inference_engine.api.payload import capped_stream
@@ -27,8 +29,9 @@ from inference_engine.settings import ServerSettings
 T = TypeVar("T")
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
-#: Below this size parsing or encoding on the event loop costs less than the hop to a thread.
-OFF_LOOP_BYTES = 64 * 1024
+#: Below this size parsing or encoding on the event loop (with orjson: about 3 ms a MiB of
+#: numbers) costs less than the hop to a thread and back.
+OFF_LOOP_BYTES = 256 * 1024
 
 
 class Batched(Protocol):
@@ -63,6 +66,20 @@ async def off_loop(size: int, fn: Callable[..., T], *args: object) -> T:
     if size < OFF_LOOP_BYTES:
         return fn(*args)
     return await run_in_threadpool(fn, *args)
+
+
+async def json_response(size: int, build: Callable[..., object], *args: object) -> Response:
+    """``build(*args)`` encoded as a JSON response, numpy arrays included, off the loop when large.
+
+    Encoded here with orjson (arrays written straight from their buffers) rather than by the
+    framework (``jsonable_encoder`` walks every float of every embedding in Python, on the loop).
+    """
+    return await off_loop(size, _encoded, build, args)
+
+
+def _encoded(build: Callable[..., object], args: tuple[object, ...]) -> Response:
+    body = orjson.dumps(build(*args), option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, media_type="application/json")
 
 
 class InferenceCall:

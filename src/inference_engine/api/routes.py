@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from inference_engine.answers import Embeddings, Prediction
 from inference_engine.api.payload import labels_from_query, read_embed_request, read_image_request
-from inference_engine.api.request import InferenceCall, off_loop
+from inference_engine.api.request import InferenceCall, json_response
 from inference_engine.fetch import ImageFetcher
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
@@ -135,7 +135,7 @@ def format_embeddings(embeddings: Embeddings, request_id: str, total_s: float) -
         "request_id": request_id,
         "modality": embeddings.modality,
         "dimension": embeddings.dimension,
-        "embeddings": [vector.tolist() for vector in embeddings.vectors],
+        "embeddings": embeddings.vectors,  # numpy rows: json_response writes them from their buffers
         "timings_ms": {
             "preprocess": round(embeddings.preprocess_s * 1000, 3),
             "queue": round(embeddings.queue_s * 1000, 3),
@@ -153,7 +153,7 @@ def build_router(
 
     async def predict(
         name: str | None, request: Request, top_k: int | None, query_labels: list[str] | None
-    ) -> dict[str, Any]:
+    ) -> Response:
         call = InferenceCall(request, server)
         model = call.named(service.model_name(name))  # 404 before reading a body for an unknown model
         body = await call.read(
@@ -171,17 +171,18 @@ def build_router(
                 labels=labels,
             )
         )
-        return format_prediction(prediction, call.request_id, call.elapsed())
+        return await json_response(0, format_prediction, prediction, call.request_id, call.elapsed())
 
     @router.post(
         "/v1/models/{name}/predict",
         summary="Classify an image with the named model (or rank zero-shot labels)",
         openapi_extra=_IMAGE_BODY,
         responses=_ERRORS,
+        response_model=dict[str, Any],
     )
     async def predict_named(
         name: str, request: Request, top_k: TopK = None, labels: Labels = None
-    ) -> dict[str, Any]:
+    ) -> Response:
         return await predict(name, request, top_k, labels)
 
     @router.post(
@@ -189,8 +190,9 @@ def build_router(
         summary="Classify an image with the default model",
         openapi_extra=_IMAGE_BODY,
         responses=_ERRORS,
+        response_model=dict[str, Any],
     )
-    async def predict_default(request: Request, top_k: TopK = None, labels: Labels = None) -> dict[str, Any]:
+    async def predict_default(request: Request, top_k: TopK = None, labels: Labels = None) -> Response:
         return await predict(None, request, top_k, labels)
 
     @router.post(
@@ -198,8 +200,9 @@ def build_router(
         summary="L2-normalised embeddings of images or texts (CLIP, FLAVA, ONNX embedders)",
         openapi_extra=_EMBED_BODY,
         responses=_ERRORS,
+        response_model=dict[str, Any],
     )
-    async def embed(name: str, request: Request) -> dict[str, Any]:
+    async def embed(name: str, request: Request) -> Response:
         call = InferenceCall(request, server)
         model = call.named(service.model_name(name))
         body = await call.read(
@@ -216,6 +219,6 @@ def build_router(
             )
         )
         size = len(embeddings.vectors) * embeddings.dimension * 4
-        return await off_loop(size, format_embeddings, embeddings, call.request_id, call.elapsed())
+        return await json_response(size, format_embeddings, embeddings, call.request_id, call.elapsed())
 
     return router

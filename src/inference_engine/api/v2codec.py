@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import math
 import struct
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from inference_engine.errors import BadRequest
 
@@ -116,6 +116,16 @@ def _flatten(data: Any) -> list[Any]:
     return flat
 
 
+def _numeric(data: Any, datatype: str) -> npt.NDArray[Any] | None:
+    """``data`` (flat or nested like the shape) as one array, or ``None`` when it is not a
+    regular array of numbers (the element-by-element path then says what is wrong)."""
+    try:
+        array = np.asarray(data, dtype=NUMERIC_TYPES[datatype])
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return array.reshape(-1)
+
+
 def _shape(raw: Any, name: str) -> list[int]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
         raise BadRequest(f"input {name!r}: 'shape' must be a list of integers")
@@ -156,6 +166,10 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTenso
                     f"input {name!r}: {size} bytes do not hold {count} {datatype} elements of shape {shape}"
                 )
             tensor.array = np.frombuffer(chunk, dtype=dtype).reshape(shape)
+    elif "data" in raw and datatype != "BYTES" and (array := _numeric(raw["data"], datatype)) is not None:
+        if array.size != count:
+            raise BadRequest(f"input {name!r}: {array.size} values do not fill shape {shape}")
+        tensor.array = array.reshape(shape)
     elif "data" in raw:
         flat = _flatten(raw["data"])
         if datatype == "BYTES":
@@ -167,7 +181,7 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTenso
                 raise BadRequest(f"input {name!r}: {len(flat)} values do not fill shape {shape}")
             try:
                 tensor.array = np.asarray(flat, dtype=NUMERIC_TYPES[datatype]).reshape(shape)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise BadRequest(f"input {name!r}: data is not all {datatype} values") from None
     else:
         raise BadRequest(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
@@ -205,10 +219,10 @@ def decode_request(body: bytes, header_length: str | None) -> InferenceRequest:
         split = int(header_length)
         header, binary = body[:split], memoryview(body)[split:]
     try:
-        document = json.loads(header)
-    except RecursionError:
-        raise BadRequest("the JSON header is nested too deeply") from None
-    except (ValueError, UnicodeDecodeError):
+        document = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        if "recursion" in str(exc):
+            raise BadRequest("the JSON header is nested too deeply") from None
         raise BadRequest("the inference request is not valid JSON") from None
     if not isinstance(document, dict):
         raise BadRequest("the inference request must be a JSON object")
@@ -267,12 +281,13 @@ def encode_response(
             entry["data"] = [e.decode("utf-8", "replace") for e in out.elements]
         else:
             assert out.array is not None
-            entry["data"] = out.array.reshape(-1).tolist()
+            # orjson writes numpy arrays directly (C-contiguous, native byte order).
+            entry["data"] = np.ascontiguousarray(out.array).reshape(-1)
         entries.append(entry)
     document: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
     if request_id is not None:
         document["id"] = request_id
-    header = json.dumps(document, separators=(",", ":")).encode()
+    header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
