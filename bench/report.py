@@ -111,6 +111,8 @@ def summarise_workload(workload: dict[str, Any]) -> dict[str, Any]:
         "name": workload["name"],
         "model": model,
         "images": workload["images"],
+        "protocol": workload.get("protocol", "native"),  # results from before V2 workloads: native
+        "request_bytes": workload["served"].get("request", {}).get("mean_bytes", math.nan),
         "max_batch_size": max_batch,
         "max_batch_delay_ms": delay_ms,
         "raw": {
@@ -152,6 +154,14 @@ def _with_spread(s: dict[str, float], digits: int = 1) -> str:
     if math.isnan(s["median"]):
         return "-"
     return f"{s['median']:.{digits}f} ±{100 * s['spread'] / 2:.0f}%"
+
+
+def _request_note(s: dict[str, Any]) -> str:
+    """How the images travelled, where not as JPEG uploads: ``, V2 JSON tensors, 89 KB a request``."""
+    if s["protocol"] != "v2":
+        return ""
+    size = s["request_bytes"]
+    return ", V2 JSON tensors" + ("" if math.isnan(size) else f", {size / 1024:.0f} KB a request")
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -215,7 +225,7 @@ def markdown(results: dict[str, Any]) -> str:
         cfg = raw["pipeline_config"]
         lines += [
             "",
-            f"## {s['name']} ({s['images']})",
+            f"## {s['name']} ({s['images']}{_request_note(s)})",
             "",
             f"Raw: decode {_f(d['decode_ms'], 2)} ms/img "
             f"(full-size decode {_f(d['decode_full_ms'], 2)}), "

@@ -2,7 +2,8 @@
 
     python -m bench.run [--quick] [--workloads tiny_cnn efficientnet_lite0 ...] [--out bench/results]
 
-For each workload (a model on an image set, see :data:`WORKLOADS`):
+For each workload (a model on an image set, sent as JPEG uploads or as V2 JSON tensors, see
+:data:`WORKLOADS`):
 
 1. **raw, pass 1** (:mod:`bench.raw`, its own process): decode and pre-processing cost per
    image, forward throughput at batch 1..32, one-image-at-a-time latency, and the best
@@ -18,6 +19,11 @@ For each workload (a model on an image set, see :data:`WORKLOADS`):
 Results: ``results.json`` (everything, with the machine, versions and settings), ``results.md``
 (the tables) and ``throughput.png`` / ``latency.png`` under ``--out``. ``--quick`` measures
 fewer workloads and points with shorter windows (a smoke run, not numbers to quote).
+
+The ``@v2`` workloads (not in the default set) send the same images pre-processed, as Open
+Inference Protocol V2 JSON tensors, at the points of their native twin, against a raw ceiling
+of the same model and images (measured again in their turn); ``--quick --workloads tiny_cnn
+tiny_cnn@v2`` compares the two in about two minutes.
 """
 
 from __future__ import annotations
@@ -32,20 +38,28 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bench import load, report
 from bench.server import ServedModel, parse_metrics, window_metrics
-from bench.workloads import DEFAULT_CACHE, ROOT, image_set, model_specs, weights_for, write_repository
+from bench.workloads import (
+    DEFAULT_CACHE,
+    ROOT,
+    ApiProtocol,
+    model_specs,
+    request_set,
+    weights_for,
+    write_repository,
+)
 
 RESULTS = ROOT / "bench" / "results"
 
 
 @dataclass(frozen=True)
 class Workload:
-    """A model on an image set, with how long its points run and which it skips."""
+    """A model on an image set, how requests carry the images, how long points run and which it skips."""
 
     name: str
     model: str
@@ -53,25 +67,31 @@ class Workload:
     heavy: bool = False  # a slow model: longer windows so that each point has enough answers
     concurrency: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
     open_fractions: tuple[float, ...] = (0.3, 0.6, 0.9)
+    protocol: ApiProtocol = "native"  # "v2": pre-processed tensors as V2 JSON (bench.workloads)
 
 
-WORKLOADS = {
-    w.name: w
-    for w in (
-        Workload("tiny_cnn", "tiny_cnn", "photos640"),
-        Workload("efficientnet_lite0", "efficientnet_lite0", "photos640"),
-        Workload("efficientnet_lite0_onnx", "efficientnet_lite0_onnx", "photos640"),
-        Workload("clip_vit_b32", "clip_vit_b32", "photos640", heavy=True, concurrency=(1, 4, 8, 32, 64)),
-        Workload(
-            "efficientnet_lite0_onnx@12mp",
-            "efficientnet_lite0_onnx",
-            "photos12mp",
-            concurrency=(1, 8, 32),
-            open_fractions=(0.6,),
-        ),
-    )
-}
-DEFAULT_WORKLOADS = tuple(WORKLOADS)
+NATIVE_WORKLOADS = (
+    Workload("tiny_cnn", "tiny_cnn", "photos640"),
+    Workload("efficientnet_lite0", "efficientnet_lite0", "photos640"),
+    Workload("efficientnet_lite0_onnx", "efficientnet_lite0_onnx", "photos640"),
+    Workload("clip_vit_b32", "clip_vit_b32", "photos640", heavy=True, concurrency=(1, 4, 8, 32, 64)),
+    Workload(
+        "efficientnet_lite0_onnx@12mp",
+        "efficientnet_lite0_onnx",
+        "photos12mp",
+        concurrency=(1, 8, 32),
+        open_fractions=(0.6,),
+    ),
+)
+#: V2 twins: the same model, images and points, the images sent as V2 JSON tensors (about 90 KB
+#: a request for the tiny CNN's 56 px input, 1.4 MB for EfficientNet's 224 px).
+V2_WORKLOADS = tuple(
+    replace(w, name=f"{w.name}@v2", protocol="v2")
+    for w in NATIVE_WORKLOADS
+    if w.name in ("tiny_cnn", "efficientnet_lite0")
+)
+WORKLOADS = {w.name: w for w in (*NATIVE_WORKLOADS, *V2_WORKLOADS)}
+DEFAULT_WORKLOADS = tuple(w.name for w in NATIVE_WORKLOADS)
 QUICK_WORKLOADS = ("tiny_cnn", "efficientnet_lite0_onnx")
 
 
@@ -295,12 +315,18 @@ def served(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, 
     spec = model_specs()[workload.model]
     repo = write_repository(spec, cache, Path(tempfile.mkdtemp(prefix="bench-repo-")))
     log_path = out / f"server-{workload.name.replace('@', '-')}.log.tmp"
-    images = image_set(workload.images)
+    bodies = request_set(workload.model, workload.images, workload.protocol)
     closed: dict[int, list[dict[str, Any]]] = {c: [] for c in plan.concurrency(workload)}
     opened: dict[float, list[dict[str, Any]]] = {}
     with ServedModel(repo, workload.model, env=spec.settings_env, log_path=log_path).start() as server:
-        requests = [load.build_request(spec.path, data, server.port) for data in images]
-        log(f"  served: ready in {server.cold_start_s:.1f}s; closed loop {list(closed)} x{plan.repeats}")
+        requests = [
+            load.build_request(bodies.path, body, server.port, bodies.content_type) for body in bodies.bodies
+        ]
+        log(
+            f"  served: ready in {server.cold_start_s:.1f}s; POST {bodies.path} "
+            f"({bodies.content_type}, {bodies.mean_bytes / 1024:.0f} KB); "
+            f"closed loop {list(closed)} x{plan.repeats}"
+        )
 
         async def sweep() -> None:
             for repeat in range(plan.repeats):
@@ -331,6 +357,11 @@ def served(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, 
         cold, rss = server.cold_start_s, server.peak_rss_mb
     log_path.unlink(missing_ok=True)
     return {
+        "request": {
+            "path": bodies.path,
+            "content_type": bodies.content_type,
+            "mean_bytes": bodies.mean_bytes,
+        },
         "cold_start_s": cold,
         "peak_rss_mb": rss,
         "closed": [{"clients": c, "runs": runs} for c, runs in closed.items()],
@@ -360,6 +391,7 @@ def run_workload(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict
         "name": workload.name,
         "model": workload.model,
         "images": workload.images,
+        "protocol": workload.protocol,
         "description": spec.description,
         "model_yaml": {k: v for k, v in document.items() if k != "weights"},
         "server_env": spec.settings_env,
@@ -374,7 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="fewer workloads and points, shorter windows")
-    parser.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), help="default: all (quick: two)")
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=sorted(WORKLOADS),
+        help="default: every native workload (quick: two); the @v2 ones run when named",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="built model weights (reused)")
     parser.add_argument("--repeats", type=int, help="runs of every point (default 2)")
@@ -382,8 +419,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = QUICK_PLAN if args.quick else DEFAULT_PLAN
     if args.repeats or args.duration:
-        from dataclasses import replace
-
         plan = replace(
             plan,
             repeats=args.repeats or plan.repeats,
@@ -408,10 +443,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"machine: {meta['machine']['cores']} cores, {meta['machine']['cpu_model']}, "
         f"load {meta['machine']['load_average']}"
     )
-    log("building model folders and images (cached after the first run)")
+    log("building model folders (cached after the first run), images and request bodies")
     for name in names:
-        weights_for(model_specs()[WORKLOADS[name].model], args.cache)
-        image_set(WORKLOADS[name].images)
+        workload = WORKLOADS[name]
+        weights_for(model_specs()[workload.model], args.cache)
+        request_set(workload.model, workload.images, workload.protocol)
     workloads = [run_workload(WORKLOADS[name], plan, args.cache, args.out) for name in names]
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     meta["duration_s"] = time.time() - started
