@@ -3,12 +3,15 @@
 A zero-shot request that brings its own labels needs one text embedding per label (averaged
 over the model's prompt templates). Clients tend to send the same few label sets over and over,
 so embeddings are kept in a least-recently-used cache; concurrent requests that miss on the same
-label share one computation instead of each running the text tower.
+label share one computation instead of each running the text tower. That computation belongs to
+no request: it runs in its own context under its own deadline, each waiter gives up on its own
+deadline, and it goes on (filling the cache) when the request that started it has gone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -53,7 +56,10 @@ class LabelEmbeddingCache:
             self._misses.inc()
             pending = self._pending.get(label)
             if pending is None:
-                pending = asyncio.ensure_future(self._compute(label, compute))
+                # A fresh context: the work is nobody's request, so it must not log under (or be
+                # traced as) whichever request happened to miss first.
+                loop = asyncio.get_running_loop()
+                pending = loop.create_task(self._compute(label, compute), context=contextvars.Context())
                 # Every waiter may have given up; the outcome must still count as retrieved.
                 pending.add_done_callback(lambda f: f.cancelled() or f.exception())
                 self._pending[label] = pending

@@ -113,6 +113,13 @@ class Metrics:
             ["model", "reason"],
             registry=r,
         )
+        self.failed_recoveries = Gauge(
+            f"{PREFIX}_model_failed_recoveries",
+            "Reloads of a model that failed in a row since it last served (0 once one succeeds); "
+            "past watchdog.max_failed_recoveries the liveness probe fails.",
+            ["model"],
+            registry=r,
+        )
         self.label_cache_lookups = Counter(
             f"{PREFIX}_label_cache_lookups",
             "Zero-shot label embeddings looked up in the model's cache (result: hit or miss).",

@@ -59,6 +59,10 @@ class ModelRuntime:
     load_seconds: float | None = None
     warmup_seconds: float | None = None
     restarts: int = 0
+    # Reloads after a restart that failed in a row, and when the last one ended (the watchdog
+    # retries with backoff from there).
+    failed_recoveries: int = 0
+    last_recovery_at: float = 0.0
 
     @property
     def alive(self) -> bool:

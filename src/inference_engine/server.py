@@ -19,7 +19,6 @@ from fastapi import FastAPI
 from inference_engine import __version__
 from inference_engine.api import create_app
 from inference_engine.errors import ConfigError
-from inference_engine.imaging import ImageLimits
 from inference_engine.logging import configure_logging
 from inference_engine.metrics import Metrics
 from inference_engine.models.loader import ModelSpec, scan_repository
@@ -64,18 +63,11 @@ def build_app(
                 "model not served: its weights are not on this machine",
                 extra={"model": name, "reason": reason},
             )
-    images = settings.images
     service = InferenceService(
         specs,
         broken,
         metrics,
-        limits=ImageLimits(
-            max_pixels=images.max_pixels,
-            min_width=images.min_width,
-            min_height=images.min_height,
-            max_width=images.max_width,
-            max_height=images.max_height,
-        ),
+        limits=settings.images,
         text_limits=TextLimits(
             max_items=settings.server.max_items_per_request,
             max_labels=settings.server.max_labels_per_request,
@@ -84,6 +76,8 @@ def build_app(
         preprocess_workers=settings.server.preprocess_workers,
         default_model=settings.server.default_model,
         tracer=get_tracer(tracer_provider),
+        shared_work_timeout_s=settings.server.max_request_timeout_s,
+        recovery_limit=settings.watchdog.max_failed_recoveries if settings.watchdog.enabled else 0,
     )
     return create_app(settings, service, metrics, tracer_provider)
 

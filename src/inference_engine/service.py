@@ -33,6 +33,7 @@ from inference_engine.answers import (
 )
 from inference_engine.describe import model_metadata, model_status
 from inference_engine.errors import (
+    DeadlineExceeded,
     InvalidInput,
     ModelLoadError,
     ModelNotFound,
@@ -58,6 +59,9 @@ __all__ = ["Embeddings", "InferenceService", "ModelRuntime", "ModelState", "Pred
 
 logger = logging.getLogger("inference_engine.service")
 
+#: The request id of label embeddings computed for the label cache (in batch log lines).
+LABEL_WORK_ID = "label-cache"
+
 R = TypeVar("R")
 A = TypeVar("A")
 B = TypeVar("B")
@@ -77,10 +81,16 @@ class InferenceService:
         preprocess_workers: int = 0,
         default_model: str | None = None,
         tracer: trace.Tracer | None = None,
+        shared_work_timeout_s: float = 120.0,
+        recovery_limit: int = 3,
     ) -> None:
         self.metrics = metrics
         self._tracer = tracer or trace.NoOpTracer()
         self.limits = limits
+        # Work shared by several requests (label embeddings) runs under this, not under theirs.
+        self.shared_work_timeout_s = shared_work_timeout_s
+        # Failed reloads in a row (of any one model) after which liveness fails; 0: never.
+        self.recovery_limit = recovery_limit
         self.text_limits = text_limits or TextLimits()
         self.runtimes: dict[str, ModelRuntime] = {spec.name: ModelRuntime(spec.name, spec) for spec in specs}
         for bad in broken:
@@ -136,7 +146,55 @@ class InferenceService:
             worker.close()
         runtime.workers.clear()
         runtime.handlers.clear()
+        await self._reload(runtime)
+
+    async def retry_recovery(self, runtime: ModelRuntime) -> None:
+        """Reload a model whose reload after a restart failed (the watchdog calls it, with backoff).
+
+        A model that failed its first load is left alone: its folder or weights are wrong, and
+        loading them again would fail the same way.
+        """
+        if runtime.state is not ModelState.FAILED or runtime.failed_recoveries == 0 or self._draining:
+            return
+        logger.warning(
+            "retrying the reload of a model",
+            extra={"model": runtime.name, "attempt": runtime.failed_recoveries + 1, "error": runtime.error},
+        )
+        await self._reload(runtime)
+
+    async def _reload(self, runtime: ModelRuntime) -> None:
         await runtime.load(self.metrics, self._tracer)
+        runtime.last_recovery_at = time.monotonic()
+        if runtime.state is ModelState.READY:
+            runtime.failed_recoveries = 0
+        else:
+            runtime.failed_recoveries += 1
+            logger.error(
+                "model reload failed",
+                extra={
+                    "model": runtime.name,
+                    "failed_in_a_row": runtime.failed_recoveries,
+                    "error": runtime.error,
+                },
+            )
+        self.metrics.failed_recoveries.labels(runtime.name).set(runtime.failed_recoveries)
+
+    def liveness(self) -> str | None:
+        """``None`` while the process should keep running, else why it should be replaced.
+
+        A model whose reloads keep failing will not come back in this process (a hung forward
+        pass may still hold the memory a reload needs); past ``recovery_limit`` failures in a row
+        the liveness probe fails so that the orchestrator starts a fresh one.
+        """
+        if self.recovery_limit <= 0:
+            return None
+        for runtime in self.runtimes.values():
+            if runtime.failed_recoveries >= self.recovery_limit:
+                return (
+                    f"model {runtime.name} failed {runtime.failed_recoveries} reloads in a row "
+                    f"(limit {self.recovery_limit}): {runtime.error}"
+                )
+        return None
 
     def begin_shutdown(self) -> None:
         """Refuse new work from now on (``/ready`` turns 503); queued work still runs.
@@ -267,7 +325,7 @@ class InferenceService:
             else:
                 run, label_embeddings = await both(
                     self.pipeline.image(runtime, handler, data, deadline, request_id),
-                    self._label_embeddings(runtime, ranker, labels, deadline, request_id),
+                    self._label_embeddings(runtime, ranker, labels, deadline),
                 )
                 body = ranker.rank_labels(run.output, label_embeddings, labels, top_k=top_k)
         return Prediction(
@@ -386,12 +444,24 @@ class InferenceService:
         return runtime.capabilities
 
     async def _label_embeddings(
-        self, runtime: ModelRuntime, ranker: ZeroShot, labels: list[str], deadline: float, request_id: str
+        self, runtime: ModelRuntime, ranker: ZeroShot, labels: list[str], deadline: float
     ) -> Embedding:
+        """The labels' embeddings, computed once for every request that misses on them at once.
+
+        The shared computation runs under its own deadline (``shared_work_timeout_s``), not the
+        deadline of whichever request started it; this request waits only until its own.
+        """
+
         async def compute(label: str) -> Embedding:
-            run = await self.pipeline.text(runtime, ranker, ranker.label_prompts(label), deadline, request_id)
+            shared_deadline = time.monotonic() + self.shared_work_timeout_s
+            prompts = ranker.label_prompts(label)
+            run = await self.pipeline.text(runtime, ranker, prompts, shared_deadline, LABEL_WORK_ID)
             embedding: Embedding = run.output
             return embedding
 
         assert runtime.label_cache is not None  # zero-shot models get one when they start
-        return await runtime.label_cache.embeddings(labels, compute)
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
+                return await runtime.label_cache.embeddings(labels, compute)
+        except TimeoutError:
+            raise DeadlineExceeded(f"no answer within the request deadline ({runtime.name})") from None

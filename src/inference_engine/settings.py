@@ -157,6 +157,13 @@ class WatchdogSettings(_Section):
     """A forward pass running longer is treated as hung: the model turns not-ready and restarts."""
     check_interval_s: float = Field(0.5, gt=0)
     """How often the watchdog looks."""
+    retry_backoff_s: float = Field(1.0, gt=0)
+    """Wait before reloading a model whose reload failed; doubles with each failure in a row."""
+    max_retry_backoff_s: float = Field(60.0, gt=0)
+    """The longest wait between two reload attempts."""
+    max_failed_recoveries: int = Field(3, ge=0)
+    """Failed reloads in a row after which ``/health`` (liveness) fails, so the orchestrator
+    replaces the process (a hung copy may hold memory a reload needs); 0 never fails it."""
 
 
 class TracingSettings(_Section):

@@ -4,12 +4,18 @@ A hang is the failure users of other servers report most: ``/health`` stays gree
 request to the model waits forever. Here the model turns not-ready within
 ``max_forward_s + check_interval_s``, its queued requests fail fast with 503, and it is
 reloaded; ``/ready`` turns green again only after the reload's canary inference succeeds.
+A reload that fails is retried with exponential backoff; after
+``watchdog.max_failed_recoveries`` failures in a row the liveness probe fails too (see
+:meth:`InferenceService.liveness`), so the orchestrator replaces a process that cannot recover.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
 
 from inference_engine.service import InferenceService, ModelRuntime, ModelState
 from inference_engine.settings import WatchdogSettings
@@ -56,6 +62,21 @@ class Watchdog:
                 found = diagnose(runtime, self._settings.max_forward_s)
                 if found is not None:
                     kind, reason = found
-                    task = asyncio.create_task(self._service.restart(runtime, reason, kind))
-                    self._restarts.add(task)
-                    task.add_done_callback(self._restarts.discard)
+                    self._spawn(self._service.restart(runtime, reason, kind))
+                elif self._retry_due(runtime):
+                    self._spawn(self._service.retry_recovery(runtime))
+
+    def _retry_due(self, runtime: ModelRuntime) -> bool:
+        """A failed recovery whose backoff has passed (and no reload of it under way)."""
+        if runtime.state is not ModelState.FAILED or runtime.failed_recoveries == 0:
+            return False
+        backoff = min(
+            self._settings.retry_backoff_s * 2.0 ** (runtime.failed_recoveries - 1),
+            self._settings.max_retry_backoff_s,
+        )
+        return time.monotonic() - runtime.last_recovery_at >= backoff
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._restarts.add(task)
+        task.add_done_callback(self._restarts.discard)

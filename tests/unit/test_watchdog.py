@@ -114,3 +114,60 @@ async def test_a_request_caught_in_a_restart_gets_503_not_500(tmp_path: Path) ->
     await restart
     assert runtime.state is ModelState.READY
     await service.stop(0.5)
+
+
+async def test_a_failed_reload_is_retried_and_too_many_fail_liveness(tmp_path: Path) -> None:
+    switch = tmp_path / "no-memory"
+    add_colour_model(
+        tmp_path, "hangs", hang_on_blue_s=1.0, fail_load_while=str(switch), settings={"max_batch_size": 1}
+    )
+    specs, broken = scan_repository(tmp_path, BatchingSettings())
+    metrics = Metrics()
+    service = InferenceService(specs, broken, metrics, limits=ImageLimits(), recovery_limit=2)
+    settings = WatchdogSettings(max_forward_s=0.2, check_interval_s=0.05, retry_backoff_s=0.1)
+    watchdog = Watchdog(service, settings)
+    service.start()
+    await service.wait_loaded()
+    watchdog.start()
+    try:
+        runtime = service.runtime("hangs")
+        switch.touch()  # from now on every load fails (the hung copy holds the memory)
+        hung = asyncio.create_task(service.infer("hangs", BLUE, top_k=None, deadline=time.monotonic() + 10))
+        with pytest.raises(ModelNotReady):
+            await hung
+        deadline = time.monotonic() + 5
+        while runtime.failed_recoveries < 2:  # retried, with backoff, and failing each time
+            assert time.monotonic() < deadline, (runtime.state, runtime.failed_recoveries)
+            await asyncio.sleep(0.02)
+        assert runtime.state is ModelState.FAILED
+        reason = service.liveness()
+        assert reason is not None and "failed 2 reloads in a row" in reason and "memory" in reason
+        assert metrics.failed_recoveries.labels("hangs")._value.get() >= 2
+        switch.unlink()  # the memory is free again: the next retry brings the model back
+        await wait_for_state(service, ModelState.READY, within_s=5)
+        assert service.liveness() is None and runtime.failed_recoveries == 0
+        ok = await service.infer("hangs", GREEN, top_k=None, deadline=time.monotonic() + 5)
+        assert ok.body["predictions"][0]["label"] == "green"
+    finally:
+        await watchdog.stop()
+        await service.stop(0.5)
+
+
+async def test_a_model_that_failed_its_first_load_is_not_retried(tmp_path: Path) -> None:
+    switch = tmp_path / "no-memory"
+    switch.touch()
+    add_colour_model(tmp_path, "hangs", fail_load_while=str(switch))
+    specs, broken = scan_repository(tmp_path, BatchingSettings())
+    service = InferenceService(specs, broken, Metrics(), limits=ImageLimits(), recovery_limit=1)
+    watchdog = Watchdog(service, WatchdogSettings(check_interval_s=0.02, retry_backoff_s=0.01))
+    service.start()
+    await service.wait_loaded()
+    watchdog.start()
+    try:
+        await asyncio.sleep(0.2)
+        runtime = service.runtime("hangs")
+        assert runtime.state is ModelState.FAILED and runtime.failed_recoveries == 0
+        assert service.liveness() is None  # readiness reports it; the process is not to blame
+    finally:
+        await watchdog.stop()
+        await service.stop(0.5)

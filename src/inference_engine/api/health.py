@@ -62,9 +62,19 @@ def build_router(service: InferenceService, settings: Settings, metrics: Metrics
     router = APIRouter(tags=["operations"])
     started = int(time.time())
 
-    @router.get("/health", summary="Liveness: the process serves HTTP")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    @router.get(
+        "/health",
+        summary="Liveness: the process serves HTTP and can still recover its models",
+        response_model=dict[str, str],
+        responses={
+            503: {"description": "A model failed to reload too many times in a row: replace the process"}
+        },
+    )
+    async def health() -> JSONResponse:
+        reason = service.liveness()
+        if reason is not None:
+            return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
+        return JSONResponse({"status": "ok"})
 
     @router.get(
         "/ready",

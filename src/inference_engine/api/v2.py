@@ -178,9 +178,10 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
     async def server_metadata() -> dict[str, Any]:
         return {"name": "inference-engine", "version": __version__, "extensions": EXTENSIONS}
 
-    @router.get("/v2/health/live", summary="Liveness")
-    async def live() -> dict[str, bool]:
-        return {"live": True}
+    @router.get("/v2/health/live", summary="Liveness (as /health)")
+    async def live() -> JSONResponse:
+        is_live = service.liveness() is None
+        return JSONResponse({"live": is_live}, status_code=200 if is_live else 503)
 
     @router.get("/v2/health/ready", summary="Readiness: every model ready")
     async def ready() -> JSONResponse:
