@@ -17,9 +17,9 @@ from typing import Any
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from inference_engine.errors import BadRequest, InvalidInput, PayloadTooLarge
+from inference_engine.errors import BadRequest, ClientDisconnected, InvalidInput, PayloadTooLarge
 from inference_engine.fetch import ImageFetcher
 
 FILE_FIELD = "file"
@@ -53,17 +53,25 @@ def _excerpt(text: str, limit: int = 40) -> str:
 
 
 async def capped_stream(request: Request, max_bytes: int) -> AsyncGenerator[bytes, None]:
-    """The request body, chunk by chunk, raising 413 as soon as it passes ``max_bytes``."""
+    """The request body, chunk by chunk, raising 413 as soon as it passes ``max_bytes``.
+
+    Every route reads its body through here, so a client that hangs up mid-upload is 499
+    (:class:`ClientDisconnected`, the client's doing) on all of them, rather than Starlette's
+    ``ClientDisconnect`` escaping as a 500 with a traceback.
+    """
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdecimal() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
     received = 0
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > max_bytes:
-            raise _too_large(max_bytes)
-        if chunk:
-            yield chunk
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > max_bytes:
+                raise _too_large(max_bytes)
+            if chunk:
+                yield chunk
+    except ClientDisconnect:
+        raise ClientDisconnected("the client disconnected before its request body arrived") from None
 
 
 async def read_image_request(

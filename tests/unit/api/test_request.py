@@ -8,9 +8,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from starlette.requests import Request
+from starlette.types import Message
 
 from inference_engine.api.access import hash_key
-from inference_engine.api.request import OFF_LOOP_BYTES, off_loop
+from inference_engine.api.payload import read_image_request
+from inference_engine.api.request import OFF_LOOP_BYTES, InferenceCall, off_loop
+from inference_engine.errors import ClientDisconnected
 from inference_engine.metrics import Metrics
 from inference_engine.server import build_app
 from inference_engine.settings import Settings
@@ -75,3 +79,31 @@ async def test_access_errors_on_v2_routes_take_the_v2_shape(tmp_path: Path) -> N
         assert v2.status_code == 401 and isinstance(v2.json()["error"], str)
         native = await client.post("/v1/models/colour/predict", content=b"x")
         assert native.status_code == 401 and native.json()["error"]["type"] == "unauthorized"
+
+
+def _hangs_up_mid_body(content_type: str, first: bytes) -> Request:
+    """A request declaring 1 MB whose client sends ``first`` and disconnects."""
+    messages: list[Message] = [
+        {"type": "http.request", "body": first, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    headers = [(b"content-type", content_type.encode()), (b"content-length", b"1000000")]
+    return Request({"type": "http", "method": "POST", "path": "/", "headers": headers}, receive)
+
+
+async def test_a_disconnect_mid_body_is_the_clients_499_on_every_way_a_body_is_read() -> None:
+    settings = Settings().server
+    with pytest.raises(ClientDisconnected) as raw:
+        await InferenceCall(_hangs_up_mid_body("application/json", b'{"inputs": ['), settings).body()
+    assert raw.value.status_code == 499 and raw.value.code == "client_disconnected"
+    with pytest.raises(ClientDisconnected):
+        await read_image_request(_hangs_up_mid_body("image/png", b"\x89PNG"), settings.max_body_bytes)
+    part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n\r\n\x89PNG'
+    with pytest.raises(ClientDisconnected):
+        await read_image_request(
+            _hangs_up_mid_body("multipart/form-data; boundary=b", part), settings.max_body_bytes
+        )
