@@ -29,6 +29,11 @@ from inference_engine.stats import ModelStatistics
 
 logger = logging.getLogger("inference_engine.runtime")
 
+# How long release() waits for one instance's unload. The unload queues behind whatever its
+# thread is running, and a hung forward pass may never end: past this bound the thread is
+# abandoned, so shutdown takes at most the drain timeout plus this, whatever a model does.
+UNLOAD_TIMEOUT_S = 2.0
+
 
 class ModelState(enum.StrEnum):
     PENDING = "pending"
@@ -165,17 +170,35 @@ class ModelRuntime:
         for each in self.batchers.values():
             each.start()
 
-    async def release(self) -> None:
-        """Unload every instance on its own thread and end the threads."""
-        for worker, handler in zip(self.workers, self.handlers, strict=False):
-            try:
-                await worker.call(handler.unload)
-            except Exception:
-                logger.exception("unload failed", extra={"model": self.name})
+    async def release(self, timeout_s: float = UNLOAD_TIMEOUT_S) -> None:
+        """Unload every instance on its own thread and end the threads, in ``timeout_s`` at most.
+
+        The instances unload at once, each on its own thread, so the bound holds for the model
+        however many instances it has. A thread still busy when its time is up (a forward pass
+        that never returns) is abandoned, its calls failed, rather than waited for.
+        """
+        pairs = list(zip(self.workers, self.handlers, strict=False))
+        await asyncio.gather(*(self._unload(worker, handler, timeout_s) for worker, handler in pairs))
         for worker in self.workers:
             worker.close()
         self.workers.clear()
         self.handlers.clear()
+
+    async def _unload(self, worker: ModelWorker, handler: ModelHandler[Any, Any], timeout_s: float) -> None:
+        bound = asyncio.timeout(timeout_s)
+        try:
+            async with bound:
+                await worker.call(handler.unload)
+        except Exception:
+            if not bound.expired():  # unload itself failed (even with a TimeoutError of its own)
+                logger.exception("unload failed", extra={"model": self.name})
+                return
+            busy_s = worker.busy_for
+            worker.abandon(ModelNotReady(f"model {self.name} was released while its thread was busy"))
+            logger.error(
+                "model thread still busy at unload; abandoned it without unloading",
+                extra={"model": self.name, "worker": worker.name, "busy_s": round(busy_s, 1)},
+            )
 
 
 def _canary(handler: ModelHandler[Any, Any]) -> None:

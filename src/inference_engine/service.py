@@ -209,7 +209,9 @@ class InferenceService:
         """Refuse new work, finish queued work, then unload every model.
 
         ``drain_timeout_s`` counts from :meth:`begin_shutdown` when that was called, so the
-        HTTP server's wait for in-flight requests and this drain share one budget.
+        HTTP server's wait for in-flight requests and this drain share one budget. It returns
+        within that budget plus ``UNLOAD_TIMEOUT_S`` whatever a model thread does: the models
+        unload at once, each bounded, and a thread still stuck in a forward pass is abandoned.
         """
         self.begin_shutdown()
         assert self._shutdown_started is not None
@@ -223,7 +225,7 @@ class InferenceService:
             if runtime.state is ModelState.READY:
                 runtime.state = ModelState.STOPPED
                 self.metrics.model_ready.labels(runtime.name).set(0)
-            await runtime.release()
+        await asyncio.gather(*(runtime.release() for runtime in self.runtimes.values()))
         self.pipeline.shutdown()
 
     # -- queries ---------------------------------------------------------------------------

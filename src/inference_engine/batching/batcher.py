@@ -4,6 +4,11 @@ One asyncio task per model instance takes batches from the shared queue and runs
 instance's :class:`ModelWorker`. Every accepted item's future is resolved exactly once: with
 its output, with its own exception, with the batch's exception, or at shutdown. The loop
 survives any model error; if it ever ends, :attr:`alive` turns false and readiness with it.
+
+An item is always somewhere a stop can find it: in the queue (failed by :meth:`abort` and
+:meth:`drain` from there), or held by one loop, in the batch it is forming or running (failed
+by :meth:`abort` at once, and by the loop itself whenever it ends). Resolution is always
+set-if-not-done, so the paths that race at a stop cannot resolve an item twice.
 """
 
 from __future__ import annotations
@@ -21,7 +26,13 @@ from opentelemetry import trace
 
 from inference_engine.batching.queue import BatchQueue, WorkItem
 from inference_engine.batching.worker import ModelWorker
-from inference_engine.errors import DeadlineExceeded, EngineError, ModelFailed, ShuttingDown
+from inference_engine.errors import (
+    DeadlineExceeded,
+    EngineError,
+    ModelFailed,
+    ModelNotReady,
+    ShuttingDown,
+)
 from inference_engine.metrics import Metrics
 
 ItemT = TypeVar("ItemT")
@@ -90,7 +101,9 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         depth_gauge = metrics.queue_depth.labels(model)
         self._queue: BatchQueue[ItemT] = BatchQueue(policy.max_queue_size, depth_gauge.set)
         self._tasks: list[asyncio.Task[None]] = []
-        self._running_batches = 0
+        # Per loop, the items it has taken off the queue: the batch it forms or runs. Out of
+        # the queue, they would be out of reach of a stop if nobody kept them here.
+        self._held: dict[int, list[WorkItem[ItemT]]] = {}
         self._accepting = False
         self._throughput = 0.0  # items per second, smoothed; feeds Retry-After
         self._progress = asyncio.Event()  # set whenever queued work is consumed (drain waits on it)
@@ -102,7 +115,8 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         """Start one batch loop per instance."""
         self._accepting = True
         for index, (worker, predict) in enumerate(self._instances):
-            task = asyncio.create_task(self._loop(worker, predict), name=f"batcher-{self.model}-{index}")
+            loop = self._loop(index, worker, predict)
+            task = asyncio.create_task(loop, name=f"batcher-{self.model}-{index}")
             task.add_done_callback(self._loop_ended)
             self._tasks.append(task)
 
@@ -111,15 +125,21 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         """True while every batch loop runs."""
         return bool(self._tasks) and all(not t.done() for t in self._tasks)
 
-    @property
-    def depth(self) -> int:
-        return len(self._queue)
+    def _unanswered(self) -> int:
+        """Accepted items still waiting for an answer: queued, or in a forming or running batch."""
+        held = sum(1 for batch in self._held.values() for item in batch if not item.future.done())
+        return len(self._queue) + held
 
     async def drain(self, timeout_s: float) -> None:
-        """Refuse new items, let queued and running ones finish (up to ``timeout_s``), then stop."""
+        """Refuse new items, let queued, forming and running ones finish (up to ``timeout_s``), then stop.
+
+        Whatever has not finished by then fails with ``ShuttingDown``: the queue here, the
+        batches the loops hold as the loops end. A forward pass still running is not waited for
+        (its thread cannot be interrupted); the runtime bounds the wait for that thread.
+        """
         self._accepting = False
         deadline = time.monotonic() + timeout_s
-        while (len(self._queue) or self._running_batches) and time.monotonic() < deadline:
+        while self._unanswered() and time.monotonic() < deadline:
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), deadline - time.monotonic())
@@ -130,13 +150,20 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
             _set_exception(item, ShuttingDown("the server shut down before this request ran"))
 
     def abort(self, error: EngineError) -> None:
-        """Stop now: fail the running batch and everything queued with ``error`` (watchdog)."""
+        """Stop now: fail everything queued, forming or running with ``error`` (watchdog).
+
+        Every item is failed before this returns, not when the cancelled loops next run, so
+        the restart that calls it can count on no request of this batcher waiting any more.
+        """
         self._accepting = False
         self._abort_error = error
         for task in self._tasks:
             task.cancel()
         for item in self._queue.drain_nowait():
             _set_exception(item, error)
+        for batch in self._held.values():
+            for item in batch:
+                _set_exception(item, error)
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -197,21 +224,39 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
 
     # -- the loop --------------------------------------------------------------------------
 
-    async def _loop(self, worker: ModelWorker, predict: PredictFn[ItemT, OutputT]) -> None:
+    async def _loop(self, index: int, worker: ModelWorker, predict: PredictFn[ItemT, OutputT]) -> None:
         max_delay_s = self.policy.max_batch_delay_ms / 1000.0
-        while True:
-            batch = await self._queue.next_batch(
-                self.policy.max_batch_size,
-                max_delay_s,
-                self._admit,
-                self._pending_inputs if self._eager else None,
-            )
-            self._running_batches += 1
-            try:
-                await self._run_batch(worker, predict, batch)
-            finally:
-                self._running_batches -= 1
-                self._progress.set()
+        try:
+            while True:
+                # Filled in place, so the items are held from the moment they leave the queue.
+                batch: list[WorkItem[ItemT]] = []
+                self._held[index] = batch
+                await self._queue.next_batch(
+                    self.policy.max_batch_size,
+                    max_delay_s,
+                    self._admit,
+                    self._pending_inputs if self._eager else None,
+                    into=batch,
+                )
+                try:
+                    await self._run_batch(worker, predict, batch)
+                finally:
+                    self._progress.set()
+        except BaseException as exc:  # cancelled (abort, drain) or a bug: leave no item behind
+            error = self._stop_error(exc)
+            for item in self._held.pop(index, []):
+                _set_exception(item, error)
+            raise
+
+    def _stop_error(self, exc: BaseException) -> EngineError:
+        """What the items a loop still holds fail with when it ends before answering them."""
+        if self._abort_error is not None:
+            return self._abort_error
+        if isinstance(exc, asyncio.CancelledError):
+            return ShuttingDown("the server shut down before this request ran")
+        return ModelNotReady(
+            f"model {self.model} stopped batching ({type(exc).__name__}); retry shortly", retry_after_s=5.0
+        )
 
     async def _run_batch(
         self, worker: ModelWorker, predict: PredictFn[ItemT, OutputT], batch: list[WorkItem[ItemT]]

@@ -65,14 +65,21 @@ class BatchQueue(Generic[T]):
         max_delay_s: float,
         admit: Callable[[WorkItem[T]], bool],
         incoming: Callable[[], int] | None = None,
+        *,
+        into: list[WorkItem[T]] | None = None,
     ) -> list[WorkItem[T]]:
         """Wait for one admitted item, then gather more until the batch is full or due.
 
         ``admit`` returns False for items that must not run (client gone, deadline passed);
         they are dropped here so they never take a slot in a forward pass. ``incoming``, when
         given, says how many items are still on their way; at 0 an empty queue closes the batch.
+
+        The batch is built in ``into`` (a new list when not given) and returned. An item taken
+        off the queue is appended to it before the next ``await``, so a caller cancelled while
+        the batch forms still holds every item that left the queue and can resolve it: those
+        items are in no queue any more, and nobody else would.
         """
-        batch: list[WorkItem[T]] = []
+        batch: list[WorkItem[T]] = [] if into is None else into
         while not batch:
             first = await self._queue.get()
             self._on_depth(self._queue.qsize())
@@ -87,7 +94,12 @@ class BatchQueue(Generic[T]):
                 if remaining <= 0 or (incoming is not None and incoming() <= 0):
                     break
                 try:
-                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                    # Not wait_for: on 3.11 it runs get() in a task of its own, and a
+                    # cancellation that lands just as that task takes an item is swallowed.
+                    # Here a cancellation or the timeout reaches get() itself, which then
+                    # leaves the item in the queue.
+                    async with asyncio.timeout(remaining):
+                        item = await self._queue.get()
                 except TimeoutError:
                     break
             if admit(item):

@@ -10,7 +10,14 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import pytest
 
 from inference_engine.batching import BatchPolicy, BatchResult, DynamicBatcher, ModelWorker
-from inference_engine.errors import DeadlineExceeded, InvalidInput, ModelFailed, QueueFull, ShuttingDown
+from inference_engine.errors import (
+    DeadlineExceeded,
+    InvalidInput,
+    ModelFailed,
+    ModelNotReady,
+    QueueFull,
+    ShuttingDown,
+)
 from inference_engine.metrics import Metrics
 
 Predict = Callable[[list[int]], Sequence[int | BaseException]]
@@ -244,3 +251,45 @@ async def test_drain_timeout_fails_what_is_left(
     outcomes = await asyncio.gather(*futures, return_exceptions=True)
     assert any(isinstance(o, ShuttingDown) for o in outcomes)
     assert all(isinstance(o, (ShuttingDown, BatchResult)) for o in outcomes)
+
+
+# -- a batch still forming: its items have left the queue but have not run ----------------------
+
+
+async def forming(batcher: DynamicBatcher[int, int], count: int) -> list[asyncio.Future[BatchResult[int]]]:
+    """Submit ``count`` items and let the loops take them off the queue into a forming batch."""
+    futures = [batcher.submit(i, deadline=deadline()) for i in range(count)]
+    await asyncio.sleep(0.05)  # the batch waits for its 2 s delay; the queue itself is empty
+    assert len(batcher._queue) == 0
+    return futures
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+async def test_abort_fails_a_forming_batch_at_once(
+    make_batcher: Callable[..., DynamicBatcher[int, int]], instances: int
+) -> None:
+    batcher = make_batcher(size=64, delay_ms=2000, instances=instances)
+    futures = await forming(batcher, 2)
+    error = ModelNotReady("model m is restarting: test", retry_after_s=5.0)
+    batcher.abort(error)
+    outcomes = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 0.1)
+    assert outcomes == [error, error]
+
+
+async def test_drain_fails_a_forming_batch_it_has_no_time_to_run(
+    make_batcher: Callable[..., DynamicBatcher[int, int]],
+) -> None:
+    batcher = make_batcher(size=64, delay_ms=2000, instances=2)
+    futures = await forming(batcher, 2)
+    await asyncio.wait_for(batcher.drain(0.05), 1.0)
+    outcomes = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), 0.1)
+    assert all(isinstance(o, ShuttingDown) for o in outcomes), outcomes
+
+
+async def test_drain_lets_a_forming_batch_run_when_time_allows(
+    make_batcher: Callable[..., DynamicBatcher[int, int]],
+) -> None:
+    batcher = make_batcher(size=64, delay_ms=200)
+    futures = await forming(batcher, 2)
+    await asyncio.wait_for(batcher.drain(5.0), 2.0)
+    assert [f.result().output for f in futures] == [0, 2]

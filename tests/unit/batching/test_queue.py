@@ -94,3 +94,18 @@ async def test_a_full_queue_raises_queue_full_with_retry_after() -> None:
     assert depths == [1, 2]
     assert [w.payload for w in queue.drain_nowait()] == [1, 2]
     assert depths[-1] == 0
+
+
+async def test_a_batch_cancelled_while_forming_keeps_what_it_took_off_the_queue() -> None:
+    queue: BatchQueue[int] = BatchQueue(16)
+    queue.put(item(1))
+    taken: list[WorkItem[int]] = []
+    task = asyncio.create_task(queue.next_batch(max_size=8, max_delay_s=5.0, admit=admit_all, into=taken))
+    await asyncio.sleep(0.02)
+    queue.put(item(2))
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [w.payload for w in taken] == [1, 2]  # out of the queue, but still within reach
+    assert len(queue) == 0
