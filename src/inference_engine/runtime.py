@@ -150,6 +150,47 @@ class ModelRuntime:
                    "warmup_ms": round(self.warmup_seconds * 1000, 1), "instances": config.instances},
         )  # fmt: skip
 
+    async def restart(self, reason: str, kind: str, metrics: Metrics, tracer: trace.Tracer) -> None:
+        """Take the model out of service at once, fail its work with 503, and reload it.
+
+        A hung forward pass cannot be interrupted from Python: its worker thread is abandoned
+        (a daemon, it ends when the pass returns, if ever; nothing queued behind it runs) and new
+        instances take over.
+        """
+        self.state, self.error = ModelState.RECOVERING, reason
+        self.restarts += 1
+        metrics.model_ready.labels(self.name).set(0)
+        metrics.watchdog_restarts.labels(self.name, kind).inc()
+        logger.error("model unhealthy; restarting it", extra={"model": self.name, "reason": reason})
+        error = ModelNotReady(f"model {self.name} is restarting: {reason}", retry_after_s=5.0)
+        for batcher in self.batchers.values():
+            batcher.abort(error)
+        self.batchers.clear()
+        for worker in self.workers:
+            worker.abandon(error)
+        self.workers.clear()
+        self.handlers.clear()
+        await self.reload(metrics, tracer)
+
+    async def reload(self, metrics: Metrics, tracer: trace.Tracer) -> None:
+        """Load again after a restart, counting the failures in a row (the watchdog's backoff)."""
+        if self.failed_recoveries:
+            logger.warning(
+                "retrying the reload of a model",
+                extra={"model": self.name, "attempt": self.failed_recoveries + 1, "error": self.error},
+            )
+        await self.load(metrics, tracer)
+        self.last_recovery_at = time.monotonic()
+        if self.state is ModelState.READY:
+            self.failed_recoveries = 0
+        else:
+            self.failed_recoveries += 1
+            logger.error(
+                "model reload failed",
+                extra={"model": self.name, "failed_in_a_row": self.failed_recoveries, "error": self.error},
+            )
+        metrics.failed_recoveries.labels(self.name).set(self.failed_recoveries)
+
     def _start_batchers(self, metrics: Metrics, tracer: trace.Tracer, offered: Capabilities) -> None:
         """An image batcher for every model; a text batcher on the same threads for text towers."""
 

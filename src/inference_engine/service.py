@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -61,10 +61,6 @@ logger = logging.getLogger("inference_engine.service")
 
 #: The request id of label embeddings computed for the label cache (in batch log lines).
 LABEL_WORK_ID = "label-cache"
-
-R = TypeVar("R")
-A = TypeVar("A")
-B = TypeVar("B")
 
 
 class InferenceService:
@@ -127,26 +123,10 @@ class InferenceService:
         await asyncio.gather(*(r.load(self.metrics, self._tracer) for r in pending))
 
     async def restart(self, runtime: ModelRuntime, reason: str, kind: str) -> None:
-        """Take a model out of service at once, fail its queued work with 503, and reload it.
-
-        A hung forward pass cannot be interrupted from Python: its worker thread is abandoned
-        (a daemon, it ends when the pass returns, if ever) and new instances take over.
-        """
+        """Take a ready model out of service at once, fail its work with 503, and reload it."""
         if runtime.state is not ModelState.READY or self._draining:
             return
-        runtime.state, runtime.error = ModelState.RECOVERING, reason
-        runtime.restarts += 1
-        self.metrics.model_ready.labels(runtime.name).set(0)
-        self.metrics.watchdog_restarts.labels(runtime.name, kind).inc()
-        logger.error("model unhealthy; restarting it", extra={"model": runtime.name, "reason": reason})
-        for batcher in runtime.batchers.values():
-            batcher.abort(ModelNotReady(f"model {runtime.name} is restarting: {reason}", retry_after_s=5.0))
-        runtime.batchers.clear()
-        for worker in runtime.workers:
-            worker.close()
-        runtime.workers.clear()
-        runtime.handlers.clear()
-        await self._reload(runtime)
+        await runtime.restart(reason, kind, self.metrics, self._tracer)
 
     async def retry_recovery(self, runtime: ModelRuntime) -> None:
         """Reload a model whose reload after a restart failed (the watchdog calls it, with backoff).
@@ -156,28 +136,7 @@ class InferenceService:
         """
         if runtime.state is not ModelState.FAILED or runtime.failed_recoveries == 0 or self._draining:
             return
-        logger.warning(
-            "retrying the reload of a model",
-            extra={"model": runtime.name, "attempt": runtime.failed_recoveries + 1, "error": runtime.error},
-        )
-        await self._reload(runtime)
-
-    async def _reload(self, runtime: ModelRuntime) -> None:
-        await runtime.load(self.metrics, self._tracer)
-        runtime.last_recovery_at = time.monotonic()
-        if runtime.state is ModelState.READY:
-            runtime.failed_recoveries = 0
-        else:
-            runtime.failed_recoveries += 1
-            logger.error(
-                "model reload failed",
-                extra={
-                    "model": runtime.name,
-                    "failed_in_a_row": runtime.failed_recoveries,
-                    "error": runtime.error,
-                },
-            )
-        self.metrics.failed_recoveries.labels(runtime.name).set(runtime.failed_recoveries)
+        await runtime.reload(self.metrics, self._tracer)
 
     def liveness(self) -> str | None:
         """``None`` while the process should keep running, else why it should be replaced.
