@@ -6,7 +6,18 @@ registered at import time, so two servers (or two tests) in one process never co
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import asyncio
+import threading
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 PREFIX = "inference_engine"
 
@@ -23,6 +34,16 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.build_info = Gauge(f"{PREFIX}_build_info", "Server version.", ["version"], registry=r)
+        # The process' own: resident memory, open descriptors, CPU (process_*), Python's version,
+        # and what a leak shows first, threads and asyncio tasks (the soak test watches them).
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        self.threads = Gauge(f"{PREFIX}_threads", "Threads in the server process.", registry=r)
+        self.threads.set_function(threading.active_count)
+        self.asyncio_tasks = Gauge(
+            f"{PREFIX}_asyncio_tasks", "Tasks on the event loop (read when /metrics is scraped).", registry=r
+        )
+        self.asyncio_tasks.set_function(_asyncio_tasks)
         self.requests = Counter(
             f"{PREFIX}_requests",
             "HTTP requests answered.",
@@ -130,3 +151,11 @@ class Metrics:
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+def _asyncio_tasks() -> float:
+    """Tasks of the running loop; 0 outside one (a scrape off the loop thread has none to see)."""
+    try:
+        return float(len(asyncio.all_tasks()))
+    except RuntimeError:
+        return 0.0

@@ -72,17 +72,28 @@ def test_render_after_observations() -> None:
     )
 
 
+# Prometheus' standard process and platform collectors keep their conventional names.
+STANDARD = ("process_", "python_info")
+
+
 def test_every_metric_name_has_the_prefix() -> None:
     metrics = Metrics()
 
     names = {family.name for family in metrics.registry.collect()}
 
     assert len(names) >= 15
-    assert all(name.startswith("inference_engine_") for name in names)
+    assert all(name.startswith(("inference_engine_", *STANDARD)) for name in names)
     for line in metrics.render().decode().splitlines():
         match = re.match(r"# (?:HELP|TYPE) (\S+)", line)
         if match:
-            assert match.group(1).startswith("inference_engine_")
+            assert match.group(1).startswith(("inference_engine_", *STANDARD))
+
+
+def test_the_process_is_observable() -> None:
+    text = Metrics().render().decode()
+    for name in ("process_resident_memory_bytes", "process_open_fds", "inference_engine_threads"):
+        assert re.search(rf"^{name} [0-9.e+]+$", text, re.MULTILINE), name
+    assert float(re.findall(r"^inference_engine_threads (\S+)$", text, re.MULTILINE)[0]) >= 1
 
 
 @pytest.mark.parametrize(
