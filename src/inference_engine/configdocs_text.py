@@ -21,6 +21,10 @@ KEY_NOTES: dict[str, str] = {
     "server.drain_timeout_s": (
         "Counted from the signal; see [OPERATIONS.md](OPERATIONS.md#graceful-shutdown)."
     ),
+    "server.shutdown_delay_s": (
+        "Above `server.drain_timeout_s`, start-up stops with exit code 2. `configs/prod.yaml` sets 5; "
+        "see [OPERATIONS.md](OPERATIONS.md#graceful-shutdown)."
+    ),
     "server.default_model": "Must name a served model, else start-up stops with exit code 2.",
     "images.min_width": "Must not exceed `images.max_width`.",
     "images.min_height": "Must not exceed `images.max_height`.",

@@ -7,8 +7,6 @@ app) and handed to each other; nothing is created at import time.
 from __future__ import annotations
 
 import logging
-import math
-import os
 import signal
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -18,6 +16,7 @@ from fastapi import FastAPI
 
 from inference_engine import __version__
 from inference_engine.api import create_app
+from inference_engine.drain import CloseWhileDraining, DrainingServer
 from inference_engine.errors import ConfigError
 from inference_engine.logging import configure_logging
 from inference_engine.metrics import Metrics
@@ -31,9 +30,6 @@ if TYPE_CHECKING:  # the SDK is an optional extra
 
 logger = logging.getLogger("inference_engine.server")
 
-#: Exit status after a second signal cut the drain short (128 + SIGTERM, as a shell reports it).
-EXIT_FORCED = 128 + signal.SIGTERM
-
 
 def check_settings(settings: Settings) -> None:
     """Refuse settings that validate one by one but cannot work together."""
@@ -42,6 +38,13 @@ def check_settings(settings: Settings) -> None:
             "invalid configuration:\n  auth.enabled is true but auth.api_key_hashes is empty, so no "
             "request could be served; set IE_AUTH__API_KEY_HASHES='[\"<sha256>\"]' "
             "(inference-engine auth hash-key KEY prints one) or IE_AUTH__ENABLED=false"
+        )
+    server = settings.server
+    if server.shutdown_delay_s > server.drain_timeout_s:
+        raise ConfigError(
+            f"invalid configuration:\n  server.shutdown_delay_s ({server.shutdown_delay_s:g}) exceeds "
+            f"server.drain_timeout_s ({server.drain_timeout_s:g}); the delay is the first part of the "
+            "drain, which counts from the signal: lower the delay or raise the drain timeout"
         )
 
 
@@ -114,40 +117,26 @@ def serve(settings: Settings) -> int:
                "port": settings.server.port, "model_repository": str(settings.model_repository)},
     )  # fmt: skip
     config = uvicorn.Config(
-        app,
+        CloseWhileDraining(app, service),
         host=settings.server.host,
         port=settings.server.port,
         log_config=None,
         access_log=False,
-        timeout_graceful_shutdown=max(1, math.ceil(settings.server.drain_timeout_s)),
         server_header=False,
     )
-    # uvicorn handles SIGINT/SIGTERM (stop accepting, finish in-flight requests, run the
-    # lifespan shutdown) and then re-raises the signal to the handler it found. Installing a
-    # no-op handler first turns a graceful stop into a normal exit with status 0.
+    # uvicorn catches SIGINT/SIGTERM (``_Server`` drains, then runs the lifespan shutdown) and
+    # then re-raises the signal to the handler it found. Installing a no-op handler first turns a
+    # graceful stop into a normal exit with status 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stopped_by_signal)
-    _Server(config, service).run()
+    DrainingServer(
+        config,
+        service,
+        drain_timeout_s=settings.server.drain_timeout_s,
+        shutdown_delay_s=settings.server.shutdown_delay_s,
+    ).run()
     logger.info("stopped")
     return 0
-
-
-class _Server(uvicorn.Server):
-    """uvicorn's server, telling the service to refuse new work the moment a signal arrives."""
-
-    def __init__(self, config: uvicorn.Config, service: InferenceService) -> None:
-        super().__init__(config)
-        self._service = service
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        name = signal.Signals(sig).name
-        if self.should_exit:  # a second signal: the operator wants out now
-            logger.warning("second %s: exiting now without draining", name)
-            logging.shutdown()
-            os._exit(EXIT_FORCED)
-        logger.info("stopping on %s: refusing new work, draining", name)
-        self._service.begin_shutdown()
-        super().handle_exit(sig, frame)
 
 
 def _stopped_by_signal(signum: int, frame: FrameType | None) -> None:

@@ -52,6 +52,10 @@ class ServerSettings(_Section):
     """Threads that decode and pre-process images; 0 means one per CPU core."""
     drain_timeout_s: float = Field(20.0, ge=0)
     """On shutdown, how long queued and running requests may take to finish."""
+    shutdown_delay_s: float = Field(0.0, ge=0)
+    """After SIGTERM, how long the listener stays open, answering new requests 503 ``shutting_down``
+    with ``Connection: close``, so a load balancer takes the instance out before connections are
+    refused; part of ``drain_timeout_s``, which bounds it."""
     default_model: str | None = None
     """Model served by ``POST /predict``; unset means the first model in name order."""
     max_items_per_request: int = Field(64, ge=1, le=4096)
