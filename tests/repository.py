@@ -69,3 +69,19 @@ def add_colour_text_model(repo: Path, name: str = "colours", **settings: Any) ->
     """A zero-shot/embedding model over colour words (see tests/fixtures/models/colour_text)."""
     config = {"handler": "model.py", "labels": ["red", "green", "blue"], **settings}
     return add_model(repo, name, config, model_py="colour_text")
+
+
+def add_faulty_model(repo: Path, name: str, mode_file: Path, **options: Any) -> Path:
+    """A model whose fault a test switches at run time by rewriting ``mode_file``.
+
+    See tests/fixtures/models/faulty for the modes and ``options``; ``settings`` are model.yaml
+    keys (``max_batch_size``, ...), as for :func:`add_colour_model`.
+    """
+    settings = options.pop("settings", {})
+    config = {
+        "handler": "model.py",
+        "labels": None,
+        "options": {"mode_file": str(mode_file), **options},
+        **settings,
+    }
+    return add_model(repo, name, config, model_py="faulty")

@@ -73,7 +73,10 @@ class LabelEmbeddingCache:
     async def _compute(self, label: str, compute: Compute) -> Embedding:
         try:
             embedding = await compute(label)
-            self.put(label, embedding)
+            # A broken text tower's NaN must not outlive the request that saw it (the cache
+            # survives restarts); the service refuses it for the waiters (500 model_failed).
+            if np.isfinite(embedding).all():
+                self.put(label, embedding)
             return embedding
         finally:
             self._pending.pop(label, None)

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from opentelemetry import trace
 from PIL import Image
 
@@ -251,7 +252,18 @@ def _canary(handler: ModelHandler[Any, Any]) -> None:
         raise ModelLoadError(f"canary inference returned {len(outputs)} outputs for 1 input")
     if isinstance(outputs[0], BaseException):
         raise ModelLoadError(f"canary inference failed: {type(outputs[0]).__name__}: {outputs[0]}")
-    encoder = handler.capabilities().text_encoder
+    offered = handler.capabilities()
+    labels = handler.labels()
+    if offered.classify and labels:
+        # A labels file that does not fit the network fails here, once, with the reason, rather
+        # than every request later (outputs are checked against the labels as they are answered).
+        classes = int(np.size(handler.scores(outputs[0])))
+        if classes != len(labels):
+            raise ModelLoadError(
+                f"the model answers {classes} class probabilities but has {len(labels)} labels; "
+                "fix labels in model.yaml (or the labels file) to name every class"
+            )
+    encoder = offered.text_encoder
     if encoder is not None:
         (text,) = encoder.predict_text([encoder.preprocess_text(["a photo"])])
         if isinstance(text, BaseException):

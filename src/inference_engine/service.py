@@ -265,7 +265,9 @@ class InferenceService:
     ) -> Prediction:
         """Classify one encoded image with model ``name``: with its own labels, or zero-shot ones.
 
-        Raises an ``EngineError`` on any failure.
+        Raises an ``EngineError`` on any failure. What the model returned is checked before it
+        becomes an answer (its probabilities, or for zero-shot the embeddings ranked): NaN, infinity
+        or a length other than the model declares fails this request with 500 ``model_failed``.
         """
         runtime = self.runtime(name, version)
         offered = self._check_ready(runtime)
@@ -282,12 +284,18 @@ class InferenceService:
         with self._accounted(runtime):
             if ranker is None or labels is None:
                 run = await self.pipeline.image(runtime, handler, data, deadline, request_id)
+                output_tensor(handler, offered, "image", "probabilities", [run.output], runtime.name)
                 body = handler.postprocess(run.output, top_k=top_k)
             else:
                 run, label_embeddings = await both(
                     self.pipeline.image(runtime, handler, data, deadline, request_id),
                     self._label_embeddings(runtime, ranker, labels, deadline),
                 )
+                # Both sides of the ranking are model outputs: the image's embedding, and the
+                # labels' from the text tower (through the label cache).
+                if offered.image_embedder is not None:
+                    output_tensor(handler, offered, "image", "embeddings", [run.output], runtime.name)
+                output_tensor(handler, offered, "text", "embeddings", list(label_embeddings), runtime.name)
                 body = ranker.rank_labels(run.output, label_embeddings, labels, top_k=top_k)
         return Prediction(
             model=name,
@@ -371,12 +379,14 @@ class InferenceService:
                 checked = [self.text_limits.check_text(text, "text") for text in texts]
                 work = [self.pipeline.text(runtime, encoder, [t], deadline, request_id) for t in checked]
             runs = await gather_or_cancel(*work)
-        raw = [run.output for run in runs]
+            # Built inside the accounting: a refused output (500 model_failed) counts as a failure.
+            raw = [run.output for run in runs]
+            built = {o: output_tensor(handler, offered, modality, o, raw, runtime.name) for o in wanted}
         return Rows(
             model=name,
             model_version=runtime.config.version,
             modality=modality,
-            tensors={output: output_tensor(handler, offered, modality, output, raw) for output in wanted},
+            tensors=built,
             labels=handler.labels(),
             preprocess_s=max(run.preprocess_s for run in runs),
             queue_s=max(run.queue_s for run in runs),

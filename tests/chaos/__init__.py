@@ -1,0 +1,1 @@
+"""Chaos tests: the server under faults, hostile load and long runs."""
