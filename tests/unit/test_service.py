@@ -23,7 +23,7 @@ from inference_engine.models.loader import scan_repository
 from inference_engine.service import InferenceService, ModelState
 from inference_engine.settings import BatchingSettings
 from tests.helpers import encode
-from tests.repository import add_colour_model, add_model
+from tests.repository import add_colour_model, add_faulty_model, add_model
 
 GREEN = encode(np.full((32, 32, 3), (10, 250, 10), np.uint8), "PNG")
 
@@ -109,4 +109,16 @@ async def test_readiness_while_loading(tmp_path: Path) -> None:
     await svc.wait_loaded()
     assert svc.readiness().models == {"colour": None}
     assert svc.default_model == "colour"
+    await svc.stop(1.0)
+
+
+async def test_labels_that_do_not_fit_the_network_fail_the_load(tmp_path: Path) -> None:
+    mode = tmp_path / "mode"
+    mode.write_text("wrong_shape")  # 5 class probabilities for its 3 labels
+    add_faulty_model(tmp_path, "misfit", mode)
+    svc = build(tmp_path)
+    svc.start()
+    await svc.wait_loaded()
+    reason = svc.readiness().models["misfit"]
+    assert reason is not None and "answers 5 class probabilities but has 3 labels" in reason
     await svc.stop(1.0)
