@@ -6,11 +6,11 @@
         prediction = client.predict("cat.jpg", top_k=3)
         print(prediction.top1)
 
-Calls retry what is safe to retry (no connection, 429, 503, honouring ``Retry-After``) with
-jittered exponential backoff, send their deadline to the server (``X-Request-Timeout-Ms``), and
-go through a per-client circuit breaker that fails fast while the server keeps failing. Errors
-are one typed tree under :class:`InferenceError`. Importing this package starts nothing and
-reads no environment. See docs/client.md.
+Calls retry what is safe to retry (no connection, a connection lost before the answer, 429,
+503, honouring ``Retry-After``) with jittered exponential backoff, send their deadline to the
+server (``X-Request-Timeout-Ms``), and go through a per-client circuit breaker that fails fast
+while the server keeps failing. Errors are one typed tree under :class:`InferenceError`.
+Importing this package starts nothing and reads no environment. See docs/client.md.
 """
 
 from inference_engine.client._async import AsyncInferenceClient

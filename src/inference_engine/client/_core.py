@@ -43,6 +43,11 @@ ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[byt
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
 #: Failures where nothing reached the server, so sending again cannot run the work twice.
 _SAFE_TO_RETRY = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+#: The connection broke before the answer came (reset, closed, a write that failed): the server
+#: may have started the work, and may have died with it (a process killed or restarted). Sent
+#: again only when the request is idempotent. Timeouts are not among them: a server that is slow
+#: is still working on the request.
+_LOST_CONNECTION = (httpx.NetworkError, httpx.RemoteProtocolError)
 
 
 def encode_image(image: ImageInput) -> bytes:
@@ -77,7 +82,10 @@ class RequestSpec:
     ``deadline`` requests carry ``X-Request-Timeout-Ms`` so that the server drops work the client
     has given up on. ``guarded`` requests pass through the circuit breaker; the probes
     (``/health``, ``/ready``) do not, so they stay usable to find out whether a server is back.
-    ``ok`` lists the statuses whose body is an answer rather than an error.
+    ``ok`` lists the statuses whose body is an answer rather than an error. ``idempotent``
+    requests change nothing on the server (inference, reads), so one whose connection was lost
+    before its answer is sent again; a request not marked so is retried only when nothing was
+    sent.
     """
 
     method: str
@@ -88,6 +96,7 @@ class RequestSpec:
     deadline: bool = False
     guarded: bool = True
     ok: frozenset[int] = frozenset({200})
+    idempotent: bool = False
 
 
 def _json_body(document: Any) -> tuple[bytes, dict[str, str]]:
@@ -105,7 +114,9 @@ def predict_request(
     else:  # the raw body: no base64 inflation, no multipart parsing on the server
         content, headers = data, {"Content-Type": "application/octet-stream"}
     params = {"top_k": top_k} if top_k is not None else None
-    return RequestSpec("POST", path, params=params, content=content, headers=headers, deadline=True)
+    return RequestSpec(
+        "POST", path, params=params, content=content, headers=headers, deadline=True, idempotent=True
+    )
 
 
 def embed_request(
@@ -118,7 +129,7 @@ def embed_request(
         document = {"texts": [str(t) for t in texts or ()]}
     content, headers = _json_body(document)
     path = f"/v1/models/{quote(model, safe='')}/embed"
-    return RequestSpec("POST", path, content=content, headers=headers, deadline=True)
+    return RequestSpec("POST", path, content=content, headers=headers, deadline=True, idempotent=True)
 
 
 @dataclass(frozen=True)
@@ -237,7 +248,8 @@ class Call:
             error = ConnectError(
                 f"the connection{_where(exc)} failed before an answer ({what})", code="connect_error"
             )
-        if not isinstance(exc, _SAFE_TO_RETRY):
+        lost = self.spec.idempotent and isinstance(exc, _LOST_CONNECTION)
+        if not (lost or isinstance(exc, _SAFE_TO_RETRY)):
             raise error from exc
         try:
             return self._retry_delay(error, None)
@@ -275,14 +287,14 @@ class Call:
         return delay
 
 
-HEALTH = RequestSpec("GET", "/health", guarded=False)
+HEALTH = RequestSpec("GET", "/health", guarded=False, idempotent=True)
 #: A 503 from ``/ready`` is an answer (not ready, and why), so it is neither retried nor raised.
-READY = RequestSpec("GET", "/ready", guarded=False, ok=frozenset({200, 503}))
-MODELS = RequestSpec("GET", "/v1/models")
+READY = RequestSpec("GET", "/ready", guarded=False, ok=frozenset({200, 503}), idempotent=True)
+MODELS = RequestSpec("GET", "/v1/models", idempotent=True)
 
 
 def model_request(name: str) -> RequestSpec:
-    return RequestSpec("GET", f"/v1/models/{quote(name, safe='')}")
+    return RequestSpec("GET", f"/v1/models/{quote(name, safe='')}", idempotent=True)
 
 
 def decode_json(response: httpx.Response) -> Any:

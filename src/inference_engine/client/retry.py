@@ -59,9 +59,11 @@ class RetryPolicy:
     """How many attempts a call gets and how long to wait between them.
 
     ``max_attempts`` counts the first try (1 disables retries). Only failures that are safe and
-    useful to repeat are retried: a connection that could not be made (nothing was sent), 429 and
-    503 (and 502/504 with ``retry_gateway_errors``). A 4xx input error is never retried: the same
-    request gets the same answer. ``random`` is injectable so tests get a fixed schedule.
+    useful to repeat are retried: a connection that could not be made (nothing was sent), a
+    connection lost before the answer when the request is idempotent (every call of this client
+    is: inference and reads change nothing on the server), 429 and 503 (and 502/504 with
+    ``retry_gateway_errors``). A 4xx input error is never retried: the same request gets the same
+    answer. ``random`` is injectable so tests get a fixed schedule.
     """
 
     max_attempts: int = 3

@@ -211,7 +211,8 @@ def test_a_connect_timeout_is_retried_but_a_read_timeout_is_not() -> None:
     assert call.attempts == 2
 
 
-def test_a_connection_lost_mid_answer_is_not_retried() -> None:
+def test_a_connection_lost_mid_answer_is_not_retried_unless_the_request_is_idempotent() -> None:
+    # PREDICT is not marked idempotent; the client's own requests are (see test_lost_connections)
     call = settings(FakeClock()).call(PREDICT, None, None)
     call.begin()
 
