@@ -26,6 +26,26 @@ KEY_NOTES: dict[str, str] = {
         "see [OPERATIONS.md](OPERATIONS.md#graceful-shutdown)."
     ),
     "server.default_model": "Must name a served model, else start-up stops with exit code 2.",
+    "server.header_timeout_s": (
+        "The 408 never reaches the app: it is logged (`inference_engine.protocol`), not counted in "
+        "the request metrics. See [OPERATIONS.md](OPERATIONS.md#network-faults)."
+    ),
+    "server.keep_alive_timeout_s": (
+        "uvicorn's `timeout_keep_alive`. Behind a proxy or load balancer that reuses connections, "
+        "set it above the proxy's own idle timeout, or the proxy may send a request on a connection "
+        "the server is closing (a 502 at the proxy)."
+    ),
+    "server.send_timeout_s": (
+        "The clock runs from when the server's own buffer for the connection fills (64 KiB beyond "
+        "what the kernel holds) until it has drained: a client must take 64 KiB per "
+        "`send_timeout_s` (about 1 KiB/s at the default), however slowly it reads. "
+        "See [OPERATIONS.md](OPERATIONS.md#network-faults)."
+    ),
+    "server.max_connections": (
+        "uvicorn's `limit_concurrency` (set to one more, as it counts the new connection). The 503 "
+        "comes from the HTTP layer, as plain text, for every path, probes included, and is not "
+        "counted in the request metrics. See [OPERATIONS.md](OPERATIONS.md#network-faults)."
+    ),
     "images.min_width": "Must not exceed `images.max_width`.",
     "images.min_height": "Must not exceed `images.max_height`.",
     "auth.enabled": "`serve` refuses to start (exit code 2) when it is true and no digest is configured.",

@@ -148,7 +148,12 @@ class DrainingServer(uvicorn.Server):
         return accepted
 
     def _connection(self) -> asyncio.Protocol:
-        """An HTTP connection as uvicorn's own servers make them (see ``uvicorn.Server.startup``)."""
+        """An HTTP connection as uvicorn's own servers make them (see ``uvicorn.Server.startup``).
+
+        ``http_protocol_class`` is the class ``serve`` passed as ``uvicorn.Config(http=...)``
+        (``protocol.BoundedHttpProtocol``), so a connection taken from the accept queue during
+        the drain has the same timeouts as any other.
+        """
         return self.config.http_protocol_class(  # type: ignore[call-arg]
             config=self.config,
             server_state=self.server_state,

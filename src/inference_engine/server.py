@@ -21,6 +21,7 @@ from inference_engine.errors import ConfigError
 from inference_engine.logging import configure_logging
 from inference_engine.metrics import Metrics
 from inference_engine.models.loader import ModelSpec, scan_repository
+from inference_engine.protocol import bounded_http_protocol
 from inference_engine.service import InferenceService, TextLimits
 from inference_engine.settings import Settings
 from inference_engine.tracing import build_tracer_provider, get_tracer
@@ -123,6 +124,14 @@ def serve(settings: Settings) -> int:
         log_config=None,
         access_log=False,
         server_header=False,
+        http=bounded_http_protocol(
+            header_timeout_s=settings.server.header_timeout_s,
+            send_timeout_s=settings.server.send_timeout_s,
+        ),
+        timeout_keep_alive=settings.server.keep_alive_timeout_s,
+        # uvicorn refuses a request when the open connections, its own included, reach the limit:
+        # one more than max_connections lets exactly max_connections connections be served.
+        limit_concurrency=settings.server.max_connections + 1,
     )
     # uvicorn catches SIGINT/SIGTERM (``_Server`` drains, then runs the lifespan shutdown) and
     # then re-raises the signal to the handler it found. Installing a no-op handler first turns a

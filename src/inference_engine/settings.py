@@ -66,6 +66,18 @@ class ServerSettings(_Section):
     """Longest accepted text or label, in characters (the model truncates to its own context)."""
     playground: bool = True
     """Serve the browser playground at ``/`` and ``/playground`` (off in the prod config)."""
+    header_timeout_s: float = Field(10.0, gt=0)
+    """How long a request's headers may take, from their first byte to their end, however slowly
+    they trickle in (slowloris); past it the client gets 408 and the connection is closed."""
+    keep_alive_timeout_s: int = Field(5, ge=1)
+    """Whole seconds an idle connection is kept open (after an answer, or once accepted with nothing
+    sent), and the most the rest of a body answered early (504, 413) may take to arrive."""
+    send_timeout_s: float = Field(60.0, gt=0)
+    """How long an answer may wait for a client that reads none of it (the buffers full); past it
+    the connection is dropped, so a client that stops reading cannot hold it for ever."""
+    max_connections: int = Field(1000, ge=1)
+    """Connections served at once; a request on one more (or while more requests than this are in
+    progress) gets an immediate 503 from the HTTP layer instead of waiting."""
 
 
 class BatchingSettings(_Section):
