@@ -11,7 +11,7 @@ MODEL_REPOSITORY ?= models
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev serve lint format test test-fast bench bench-quick bench-levers docs docker clean
+.PHONY: help install install-dev serve lint format test test-fast bench bench-quick bench-levers stress soak docs docker clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,14 @@ bench-quick: install-dev ## The benchmark suite's quick mode (~2.5 min), a smoke
 
 bench-levers: install-dev ## A/B runs of the performance levers (~15 min), into bench/results/levers.json
 	$(BIN)/python -m bench.levers $(ARGS)
+
+stress: install-dev ## Ramp open-loop load on EfficientNet-Lite0 to the latency knee (~2 min); bench/results/stress.*
+	$(BIN)/python -m bench.stress $(ARGS)
+
+SOAK_SECONDS ?= 600
+soak: install-dev ## Soak test: mixed load for SOAK_SECONDS (600), flat memory/fds/threads/tasks; bench/results/soak.json
+	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_REPORT=bench/results/soak.json \
+		$(BIN)/python -m pytest -q -s -p no:cacheprovider --no-cov tests/chaos/test_soak.py
 
 docs: install ## Regenerate docs/CONFIGURATION.md from the settings models
 	$(BIN)/inference-engine config docs > docs/CONFIGURATION.md

@@ -13,7 +13,7 @@ import contextlib
 import contextvars
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -139,10 +139,17 @@ class InputPipeline:
         span.end(end_time=batch_started_ns + int(result.inference_s * 1e9))
 
 
-def _announced(runtime: ModelRuntime, modality: Modality) -> contextlib.AbstractContextManager[None]:
-    """The batcher's ``incoming()`` for one input being prepared (nothing while it is restarting)."""
+@contextlib.contextmanager
+def _announced(runtime: ModelRuntime, modality: Modality) -> Iterator[None]:
+    """The batcher's ``incoming()`` for one input being prepared, refused at once when the queue
+    has no room for it (nothing is announced while the model restarts: submit refuses then)."""
     batcher = runtime.batchers.get(modality)
-    return batcher.incoming() if batcher is not None else contextlib.nullcontext()
+    if batcher is None:
+        yield
+        return
+    with batcher.incoming():
+        batcher.check_room()  # counts this input, now announced, with the others
+        yield
 
 
 async def both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:

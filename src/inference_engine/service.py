@@ -222,6 +222,17 @@ class InferenceService:
         }
         return Readiness(draining=self._draining, models=models)
 
+    def admit(self, name: str, version: str | None = None) -> None:
+        """Refuse a request for ``name`` before its body is read: 503 while draining, while the
+        model is not ready, or while its queue has no room (``queue_full`` with ``Retry-After``).
+
+        A refusal here costs no upload and no decoding; the checks run again as the inputs
+        are prepared and queued, so this one may let through what they then refuse.
+        """
+        runtime = self.runtime(name, version)
+        self._check_ready(runtime)
+        runtime.batchers["image"].check_room(1)
+
     def model_ready(self, name: str, version: str | None = None) -> bool:
         return self.runtime(name, version).ready and not self._draining
 

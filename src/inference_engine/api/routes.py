@@ -156,6 +156,7 @@ def build_router(
     ) -> Response:
         call = InferenceCall(request, server)
         model = call.named(service.model_name(name))  # 404 before reading a body for an unknown model
+        service.admit(model)  # 503 before reading it when the model cannot take it
         body = await call.read(
             read_image_request(request, server.max_body_bytes, fetcher),
             "the image did not arrive within the request deadline",
@@ -205,6 +206,7 @@ def build_router(
     async def embed(name: str, request: Request) -> Response:
         call = InferenceCall(request, server)
         model = call.named(service.model_name(name))
+        service.admit(model)
         body = await call.read(
             read_embed_request(request, server.max_body_bytes, server.max_items_per_request),
             "the inputs did not arrive within the request deadline",

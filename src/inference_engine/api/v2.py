@@ -205,6 +205,7 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         call = InferenceCall(request, settings.server)
         model = call.named(service.model_name(name, version))
+        service.admit(model, version)
         body = await call.body()
         decoded, rows_kwargs = await off_loop(len(body), decode, body, request.headers.get(HEADER_LENGTH))
         outputs = [w.name for w in decoded.outputs] if decoded.outputs else None

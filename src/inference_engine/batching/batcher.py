@@ -31,6 +31,7 @@ from inference_engine.errors import (
     EngineError,
     ModelFailed,
     ModelNotReady,
+    QueueFull,
     ShuttingDown,
 )
 from inference_engine.metrics import Metrics
@@ -183,6 +184,22 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
 
     def _pending_inputs(self) -> int:
         return self._incoming
+
+    def check_room(self, count: int = 0) -> None:
+        """Refuse (503 ``queue_full``) an input the queue will not have room for, before any work.
+
+        Inputs being prepared (announced by :meth:`incoming`) count as queued: they will be,
+        and letting in more than the queue holds only moves the wait, and its decoding CPU,
+        in front of the queue, where it slows the model down for the requests that do fit.
+        ``count`` more inputs not yet announced are counted too.
+        """
+        if not self._accepting:
+            raise ShuttingDown(f"model {self.model} is not accepting requests (shutting down)")
+        if len(self._queue) + self._incoming + count > self.policy.max_queue_size:
+            raise QueueFull(
+                f"the queue is full ({self.policy.max_queue_size} requests waiting); retry shortly",
+                retry_after_s=self.retry_after_s(),
+            )
 
     def submit(
         self,
