@@ -15,7 +15,6 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -24,25 +23,17 @@ from opentelemetry import trace
 from inference_engine.answers import (
     Embeddings,
     Modality,
-    ModelMetadata,
-    ModelStatus,
     Prediction,
-    Readiness,
     Rows,
     TextLimits,
 )
-from inference_engine.describe import model_metadata, model_status
 from inference_engine.errors import (
     DeadlineExceeded,
     InvalidInput,
-    ModelLoadError,
-    ModelNotFound,
-    ModelNotReady,
-    ShuttingDown,
 )
 from inference_engine.imaging import ImageLimits
 from inference_engine.metrics import Metrics
-from inference_engine.models.base import Capabilities, Embedding
+from inference_engine.models.base import Embedding
 from inference_engine.models.capabilities import ZeroShot
 from inference_engine.models.loader import BrokenModel, ModelSpec
 from inference_engine.outputs import (
@@ -53,6 +44,7 @@ from inference_engine.outputs import (
     tensor_items,
 )
 from inference_engine.pipeline import InputPipeline, both, gather_or_cancel
+from inference_engine.registry import ModelRegistry
 from inference_engine.runtime import ModelRuntime, ModelState
 
 __all__ = ["Embeddings", "InferenceService", "ModelRuntime", "ModelState", "Prediction", "Rows", "TextLimits"]
@@ -63,8 +55,13 @@ logger = logging.getLogger("inference_engine.service")
 LABEL_WORK_ID = "label-cache"
 
 
-class InferenceService:
-    """Loads models, runs requests through them, and shuts them down cleanly."""
+class InferenceService(ModelRegistry):
+    """Loads models, runs requests through them, and shuts them down cleanly.
+
+    What is served and in which state (lookups, readiness, metadata, statistics, liveness) is
+    :class:`~inference_engine.registry.ModelRegistry`'s; this class adds the lifecycle and the
+    request path.
+    """
 
     def __init__(
         self,
@@ -80,28 +77,14 @@ class InferenceService:
         shared_work_timeout_s: float = 120.0,
         recovery_limit: int = 3,
     ) -> None:
-        self.metrics = metrics
+        super().__init__(specs, broken, metrics, default_model=default_model, recovery_limit=recovery_limit)
         self._tracer = tracer or trace.NoOpTracer()
         self.limits = limits
         # Work shared by several requests (label embeddings) runs under this, not under theirs.
         self.shared_work_timeout_s = shared_work_timeout_s
-        # Failed reloads in a row (of any one model) after which liveness fails; 0: never.
-        self.recovery_limit = recovery_limit
         self.text_limits = text_limits or TextLimits()
-        self.runtimes: dict[str, ModelRuntime] = {spec.name: ModelRuntime(spec.name, spec) for spec in specs}
-        for bad in broken:
-            self.runtimes[bad.name] = ModelRuntime(bad.name, None, ModelState.FAILED, bad.error)
-            metrics.model_load_failures.labels(bad.name).inc()
-            metrics.model_ready.labels(bad.name).set(0)
-        if default_model is not None and default_model not in self.runtimes:
-            served = ", ".join(sorted(self.runtimes)) or "none"
-            raise ModelLoadError(
-                f"server.default_model {default_model!r} is not a served model (served: {served})"
-            )
-        self.default_model = default_model or (min(self.runtimes) if self.runtimes else None)
         workers = preprocess_workers or (os.cpu_count() or 1)
         self.pipeline = InputPipeline(metrics, self._tracer, limits, workers, admit=self._check_ready)
-        self._draining = False
         self._shutdown_started: float | None = None
         self._load_task: asyncio.Task[None] | None = None
 
@@ -138,23 +121,6 @@ class InferenceService:
             return
         await runtime.reload(self.metrics, self._tracer)
 
-    def liveness(self) -> str | None:
-        """``None`` while the process should keep running, else why it should be replaced.
-
-        A model whose reloads keep failing will not come back in this process (a hung forward
-        pass may still hold the memory a reload needs); past ``recovery_limit`` failures in a row
-        the liveness probe fails so that the orchestrator starts a fresh one.
-        """
-        if self.recovery_limit <= 0:
-            return None
-        for runtime in self.runtimes.values():
-            if runtime.failed_recoveries >= self.recovery_limit:
-                return (
-                    f"model {runtime.name} failed {runtime.failed_recoveries} reloads in a row "
-                    f"(limit {self.recovery_limit}): {runtime.error}"
-                )
-        return None
-
     def begin_shutdown(self) -> None:
         """Refuse new work from now on (``/ready`` turns 503); queued work still runs.
 
@@ -186,80 +152,6 @@ class InferenceService:
                 self.metrics.model_ready.labels(runtime.name).set(0)
         await asyncio.gather(*(runtime.release() for runtime in self.runtimes.values()))
         self.pipeline.shutdown()
-
-    # -- queries ---------------------------------------------------------------------------
-
-    @property
-    def draining(self) -> bool:
-        return self._draining
-
-    def runtime(self, name: str, version: str | None = None) -> ModelRuntime:
-        """The runtime serving ``name`` (``version`` of it when given); 404 for anything else."""
-        try:
-            runtime = self.runtimes[name]
-        except KeyError:
-            known = ", ".join(sorted(self.runtimes)) or "none"
-            shown = name if len(name) <= 64 else name[:64] + "..."
-            raise ModelNotFound(f"no model named {shown!r} (served: {known})") from None
-        if version is not None and runtime.spec is not None and version != runtime.config.version:
-            raise ModelNotFound(
-                f"model {runtime.name} has no version {version[:32]!r} (served: {runtime.config.version})"
-            )
-        return runtime
-
-    def model_name(self, name: str | None, version: str | None = None) -> str:
-        """The served model a request names (``None``: the default model); 404 when unknown."""
-        if name is None:
-            if self.default_model is None:
-                raise ModelNotFound("no model is configured")
-            name = self.default_model
-        return self.runtime(name, version).name
-
-    def readiness(self) -> Readiness:
-        """Every model's readiness (``None`` when ready, else why not), and whether draining."""
-        models = {
-            name: None if r.ready else r.not_ready_reason() for name, r in sorted(self.runtimes.items())
-        }
-        return Readiness(draining=self._draining, models=models)
-
-    def admit(self, name: str, version: str | None = None) -> None:
-        """Refuse a request for ``name`` before its body is read: 503 while draining, while the
-        model is not ready, or while its queue has no room (``queue_full`` with ``Retry-After``).
-
-        A refusal here costs no upload and no decoding; the checks run again as the inputs
-        are prepared and queued, so this one may let through what they then refuse.
-        """
-        runtime = self.runtime(name, version)
-        self._check_ready(runtime)
-        runtime.batchers["image"].check_room(1)
-
-    def model_ready(self, name: str, version: str | None = None) -> bool:
-        return self.runtime(name, version).ready and not self._draining
-
-    def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
-        """Inputs, outputs and tasks of a model (503 for a folder that failed validation)."""
-        return model_metadata(self.runtime(name, version))
-
-    def model_status(self, name: str) -> ModelStatus:
-        return model_status(self.runtime(name))
-
-    def models(self) -> list[ModelStatus]:
-        """Every model's state, by name."""
-        return [model_status(r) for _, r in sorted(self.runtimes.items())]
-
-    def statistics(self, name: str | None = None, version: str | None = None) -> list[dict[str, Any]]:
-        """Per-model totals in Triton's statistics shape: one model's, or every model's."""
-        runtimes = (
-            [self.runtime(name, version)]
-            if name is not None
-            else [r for _, r in sorted(self.runtimes.items())]
-        )
-        return [r.stats.as_triton(r.name, r.spec.config.version if r.spec else "") for r in runtimes]
-
-    def refresh_gauges(self) -> None:
-        """Bring the readiness gauges up to date before a scrape (a batch loop may have died)."""
-        for runtime in self.runtimes.values():
-            self.metrics.model_ready.labels(runtime.name).set(1 if runtime.ready else 0)
 
     # -- the request path ------------------------------------------------------------------
 
@@ -416,14 +308,6 @@ class InferenceService:
             ok = True
         finally:
             runtime.stats.record_request(time.monotonic() - started, ok)
-
-    def _check_ready(self, runtime: ModelRuntime) -> Capabilities:
-        """What the model offers, once it can take work (503 while draining or not ready)."""
-        if self._draining:
-            raise ShuttingDown("the server is shutting down; retry on another replica")
-        if not runtime.ready or runtime.capabilities is None:
-            raise ModelNotReady(f"model {runtime.name} is not ready: {runtime.not_ready_reason()}")
-        return runtime.capabilities
 
     async def _label_embeddings(
         self, runtime: ModelRuntime, ranker: ZeroShot, labels: list[str], deadline: float
