@@ -420,10 +420,15 @@ def test_sigkill_and_restart_on_the_same_port_fails_no_client_call(
         listening_at = time.monotonic()
         second.wait_loaded(60)
         loaded_at = time.monotonic()
-        load.wait_for(
-            lambda records: sum(r.result == 200 and r.sent_at > loaded_at for r in records) >= AFTER_RESTART,
-            "serving after the restart",
-        )
+        everyone = {*(f"sync-{i}" for i in range(SYNC_CLIENTS)), *(f"async-{i}" for i in range(ASYNC_TASKS))}
+
+        def served_after_restart(records: list[Record]) -> bool:
+            """Enough answers from the new process, and one for every client (a client may still be
+            in a backoff wait of its retries when the others are already served again)."""
+            after = [r for r in records if r.result == 200 and r.sent_at > loaded_at]
+            return len(after) >= AFTER_RESTART and {r.client for r in after} == everyone
+
+        load.wait_for(served_after_restart, "serving every client after the restart")
     finally:
         load.close()
         client.close()
