@@ -24,6 +24,16 @@ OUTPUT_NAMES: tuple[OutputName, ...] = ("probabilities", "embeddings")
 
 
 @dataclass(frozen=True)
+class Route:
+    """Which model and version serve a request; ``routed``: chosen by the traffic weights (the
+    request named no version), so it may be re-routed, and shadow versions get a copy."""
+
+    model: str
+    version: str
+    routed: bool = False
+
+
+@dataclass(frozen=True)
 class Prediction:
     """One classified image: the answer's JSON fields (``predictions``) and what it cost."""
 
@@ -107,6 +117,7 @@ class ModelMetadata:
     labels_count: int
     embedding_dimension: int | None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    versions: tuple[str, ...] = ()  # every version of the model served, oldest first
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,31 @@ class ModelStatus:
     labels_count: int | None = None
     load_seconds: float | None = None
     warmup_seconds: float | None = None
+    # Every version served (or failing), with its state, traffic weight and shadow share.
+    versions: tuple[VersionStatus, ...] = ()
+    version_policy: str | None = None
+
+
+@dataclass(frozen=True)
+class VersionStatus:
+    """One version of a model as operators read it."""
+
+    version: str
+    state: str
+    ready: bool
+    reason: str | None
+    traffic: float  # share of the requests that name no version (0..1)
+    shadow: float  # share of the model's traffic copied to it (0..1)
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One row of the repository index (Triton's ``/v2/repository/index``)."""
+
+    name: str
+    version: str | None
+    state: Literal["READY", "UNAVAILABLE", "LOADING", "UNLOADING"]
+    reason: str
 
 
 @dataclass(frozen=True)

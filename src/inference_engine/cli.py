@@ -14,11 +14,14 @@ import secrets
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inference_engine import __version__
 from inference_engine.errors import ConfigError, ModelLoadError
 from inference_engine.settings import LoadedSettings, Settings, load_settings
+
+if TYPE_CHECKING:  # imported when used: the loader pulls in torch
+    from inference_engine.models.loader import ModelSpec
 
 logger = logging.getLogger("inference_engine.cli")
 
@@ -146,7 +149,7 @@ def _config_docs() -> int:
 
 
 def _models_list(settings: Settings) -> int:
-    from inference_engine.models.loader import ModelSpec, scan_repository
+    from inference_engine.models.loader import scan_repository
 
     specs, broken = scan_repository(settings.model_repository, settings.batching, settings.models or None)
 
@@ -156,16 +159,31 @@ def _models_list(settings: Settings) -> int:
 
     rows = [
         (s.name, s.config.version, s.config.handler, s.config.device,
-         f"batch<={s.config.max_batch_size} delay={s.config.max_batch_delay_ms}ms", status(s))
+         f"batch<={s.config.max_batch_size} delay={s.config.max_batch_delay_ms}ms",
+         s.plan.policy.replace(" ", ""), _share(s), status(s))
         for s in specs
-    ] + [(b.name, "-", "-", "-", "-", "INVALID: " + " ".join(b.error.split())) for b in broken]  # fmt: skip
+    ] + [
+        (b.name, b.version or "-", "-", "-", "-", b.plan.policy.replace(" ", "") if b.plan else "-", "-",
+         "INVALID: " + " ".join(b.error.split()))
+        for b in broken
+    ]  # fmt: skip
     if not rows:
         print(f"no models in {settings.model_repository}")
         return 1
-    print(f"{'NAME':<24} {'VERSION':<8} {'HANDLER':<20} {'DEVICE':<7} {'BATCHING':<28} STATUS")
-    for row in sorted(rows):
-        print(f"{row[0]:<24} {row[1]:<8} {row[2]:<20} {row[3]:<7} {row[4]:<28} {row[5]}")
+    print(f"{'NAME':<24} {'VERSION':<8} {'HANDLER':<20} {'DEVICE':<7} {'BATCHING':<28} {'POLICY':<12} "
+          f"{'TRAFFIC':<18} STATUS")  # fmt: skip
+    for row in sorted(rows, key=lambda r: (r[0], r[1].zfill(12))):
+        print(
+            f"{row[0]:<24} {row[1]:<8} {row[2]:<20} {row[3]:<7} {row[4]:<28} {row[5]:<12} {row[6]:<18} {row[7]}"
+        )
     return 1 if broken else 0
+
+
+def _share(spec: ModelSpec) -> str:
+    """A version's share of the model's traffic, and of its shadow copies: ``70%``, ``0%+shadow:100%``."""
+    share = f"{spec.plan.traffic.get(spec.version, 0.0) * 100:g}%"
+    shadow = spec.plan.shadow.get(spec.version)
+    return share if shadow is None else f"{share}+shadow:{shadow * 100:g}%"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

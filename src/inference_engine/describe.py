@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from inference_engine.answers import ModelMetadata, ModelStatus, TensorSpec
+from inference_engine.answers import ModelMetadata, ModelStatus, TensorSpec, VersionStatus
 from inference_engine.models.base import ModelConfig, ModelHandler
+from inference_engine.routing import ServedModel
 from inference_engine.runtime import ModelRuntime
 
 #: V2's ``platform`` per backend.
@@ -63,17 +64,37 @@ def describe_model(config: ModelConfig, handler: ModelHandler[Any, Any] | None) 
     )
 
 
-def model_status(runtime: ModelRuntime) -> ModelStatus:
-    """State, configuration summary and load times of ``runtime``."""
+def model_status(model: ServedModel) -> ModelStatus:
+    """State, configuration summary and load times of a model (of the version that describes
+    it), and the state, traffic and shadow share of every version."""
+    versions = tuple(
+        VersionStatus(
+            version=v,
+            state=r.state.value,
+            ready=r.ready,
+            reason=_reason(r),
+            traffic=model.plan.traffic.get(v, 0.0),
+            shadow=model.plan.shadow.get(v, 0.0),
+        )
+        for v, r in model.versions.items()
+    )
+    runtime = model.primary
+    if model.unloaded:
+        return ModelStatus(
+            model.name, "unloaded", False, None, "it is unloaded", version_policy=model.plan.policy
+        )
+    if runtime is None:
+        return ModelStatus(model.name, "failed", False, model.error, model.not_ready_reason())
+    state, ready, reason = runtime.state.value, model.ready, None if model.ready else model.not_ready_reason()
     if runtime.spec is None:
-        return ModelStatus(runtime.name, runtime.state.value, runtime.ready, runtime.error, _reason(runtime))
+        return ModelStatus(model.name, state, ready, runtime.error, reason, versions=versions)
     config = runtime.config
     return ModelStatus(
-        name=runtime.name,
-        state=runtime.state.value,
-        ready=runtime.ready,
+        name=model.name,
+        state=state,
+        ready=ready,
         error=runtime.error,
-        reason=_reason(runtime),
+        reason=reason,
         version=config.version,
         handler=config.handler,
         device=config.device,
@@ -83,6 +104,8 @@ def model_status(runtime: ModelRuntime) -> ModelStatus:
         labels_count=len(runtime.handlers[0].labels()) if runtime.handlers else None,
         load_seconds=runtime.load_seconds,
         warmup_seconds=runtime.warmup_seconds,
+        versions=versions,
+        version_policy=model.plan.policy,
     )
 
 

@@ -103,6 +103,21 @@ class RateLimited(EngineError):
         self.retry_after_s = seconds
 
 
+class Forbidden(EngineError):
+    """Authenticated, but not allowed this operation (model control without an admin key)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class LoadFailed(EngineError):
+    """A model control load found the folder wrong or a version failing to load; what served
+    before still serves."""
+
+    status_code = 400
+    code = "load_failed"
+
+
 class ModelNotFound(EngineError):
     """No model of that name is configured."""
 

@@ -26,12 +26,12 @@ Compute = Callable[[str], Awaitable[Embedding]]
 class LabelEmbeddingCache:
     """Label text -> embedding, at most ``capacity`` entries, shared by every request to one model."""
 
-    def __init__(self, model: str, capacity: int, metrics: Metrics) -> None:
+    def __init__(self, model: tuple[str, str], capacity: int, metrics: Metrics) -> None:
         self.capacity = capacity
         self._entries: OrderedDict[str, Embedding] = OrderedDict()
         self._pending: dict[str, asyncio.Future[Embedding]] = {}
-        self._hits = metrics.label_cache_lookups.labels(model, "hit")
-        self._misses = metrics.label_cache_lookups.labels(model, "miss")
+        self._hits = metrics.label_cache_lookups.labels(*model, "hit")
+        self._misses = metrics.label_cache_lookups.labels(*model, "miss")
 
     def __len__(self) -> int:
         return len(self._entries)

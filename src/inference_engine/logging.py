@@ -29,6 +29,8 @@ class RequestContext:
     started: float = field(default_factory=time.monotonic)
     #: The served model it named (only known names: it becomes a metric label).
     model: str | None = None
+    #: The version that answered (or was chosen to): a metric label and the X-Model-Version header.
+    version: str | None = None
     #: The largest batch any of its inputs ran in.
     batch_size: int | None = None
     #: The stable error code it was answered with, if any.

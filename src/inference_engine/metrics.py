@@ -47,104 +47,150 @@ class Metrics:
         self.requests = Counter(
             f"{PREFIX}_requests",
             "HTTP requests answered.",
-            ["model", "route", "status"],
+            ["model", "version", "route", "status"],
             registry=r,
         )
         self.request_duration = Histogram(
             f"{PREFIX}_request_duration_seconds",
             "Time from request arrival to response, per route.",
-            ["model", "route"],
+            ["model", "version", "route"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.preprocess_duration = Histogram(
             f"{PREFIX}_preprocess_duration_seconds",
             "Decode and pre-processing time of one input in the worker pool.",
-            ["model"],
+            ["model", "version"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(
             f"{PREFIX}_queue_wait_seconds",
             "Time an input waited in the model queue before its forward pass started.",
-            ["model"],
+            ["model", "version"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.inference_duration = Histogram(
             f"{PREFIX}_inference_duration_seconds",
             "Duration of one batched forward pass.",
-            ["model"],
+            ["model", "version"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_size = Histogram(
             f"{PREFIX}_batch_size",
             "Inputs per forward pass.",
-            ["model"],
+            ["model", "version"],
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.queue_depth = Gauge(
-            f"{PREFIX}_queue_depth", "Inputs waiting in the model queue.", ["model"], registry=r
+            f"{PREFIX}_queue_depth", "Inputs waiting in the model queue.", ["model", "version"], registry=r
         )
         self.in_flight = Gauge(
             f"{PREFIX}_in_flight_requests",
             "Inference requests being handled.",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.errors = Counter(
             f"{PREFIX}_errors",
             "Errors answered to clients, by type.",
-            ["model", "type"],
+            ["model", "version", "type"],
             registry=r,
         )
         self.dropped = Counter(
             f"{PREFIX}_dropped_inputs",
             "Queued inputs dropped before their forward pass (deadline passed, client gone).",
-            ["model", "reason"],
+            ["model", "version", "reason"],
             registry=r,
         )
         self.model_ready = Gauge(
             f"{PREFIX}_model_ready",
             "1 when the model is loaded and its batch loop runs.",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.model_load_seconds = Gauge(
-            f"{PREFIX}_model_load_seconds", "Time to load the model.", ["model"], registry=r
+            f"{PREFIX}_model_load_seconds", "Time to load the model.", ["model", "version"], registry=r
         )
         self.model_warmup_seconds = Gauge(
-            f"{PREFIX}_model_warmup_seconds", "Time to warm the model up.", ["model"], registry=r
+            f"{PREFIX}_model_warmup_seconds", "Time to warm the model up.", ["model", "version"], registry=r
         )
         self.model_load_failures = Counter(
-            f"{PREFIX}_model_load_failures", "Failed model loads.", ["model"], registry=r
+            f"{PREFIX}_model_load_failures", "Failed model loads.", ["model", "version"], registry=r
         )
         self.batch_failures = Counter(
             f"{PREFIX}_batch_failures",
             "Forward passes that raised for the whole batch.",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
 
         self.watchdog_restarts = Counter(
             f"{PREFIX}_watchdog_restarts",
             "Models restarted by the watchdog (reason: hung forward pass, or batch loop died).",
-            ["model", "reason"],
+            ["model", "version", "reason"],
             registry=r,
         )
         self.failed_recoveries = Gauge(
             f"{PREFIX}_model_failed_recoveries",
             "Reloads of a model that failed in a row since it last served (0 once one succeeds); "
             "past watchdog.max_failed_recoveries the liveness probe fails.",
-            ["model"],
+            ["model", "version"],
             registry=r,
         )
         self.label_cache_lookups = Counter(
             f"{PREFIX}_label_cache_lookups",
             "Zero-shot label embeddings looked up in the model's cache (result: hit or miss).",
-            ["model", "result"],
+            ["model", "version", "result"],
+            registry=r,
+        )
+
+        self.traffic_weight = Gauge(
+            f"{PREFIX}_traffic_weight",
+            "Share (0..1) of the model's requests that name no version sent to this version.",
+            ["model", "version"],
+            registry=r,
+        )
+        pair = ["model", "primary", "shadow"]
+        self.shadow_requests = Counter(
+            f"{PREFIX}_shadow_requests",
+            "Requests copied to a shadow version (outcome: compared, failed, shed).",
+            [*pair, "outcome"],
+            registry=r,
+        )
+        self.shadow_agreements = Counter(
+            f"{PREFIX}_shadow_top1_agreements",
+            "Shadow comparisons that agreed: the same top-1 class, or embeddings with cosine >= 0.99.",
+            pair,
+            registry=r,
+        )
+        self.shadow_agreement_ratio = Gauge(
+            f"{PREFIX}_shadow_agreement_ratio",
+            "Agreements over comparisons between a primary version and its shadow since start.",
+            pair,
+            registry=r,
+        )
+        self.shadow_score_difference = Histogram(
+            f"{PREFIX}_shadow_score_difference",
+            "|p_primary - p_shadow| for the primary's top-1 class, per compared input.",
+            pair,
+            buckets=(0.0001, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+            registry=r,
+        )
+        self.shadow_cosine = Histogram(
+            f"{PREFIX}_shadow_cosine_similarity",
+            "Cosine similarity of primary and shadow embeddings, per compared input.",
+            pair,
+            buckets=(0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999, 1.0),
+            registry=r,
+        )
+        self.repository_operations = Counter(
+            f"{PREFIX}_repository_operations",
+            "Model control operations (operation: load, unload; outcome: ok, failed).",
+            ["model", "operation", "outcome"],
             registry=r,
         )
 

@@ -90,7 +90,7 @@ class InputPipeline:
         with _announced(runtime, "image"), self._tracer.start_as_current_span("decode"):
             item = await self.in_pool(_prepare, handler, data, self.limits)
         preprocess_s = time.monotonic() - started
-        self.metrics.preprocess_duration.labels(runtime.name).observe(preprocess_s)
+        self.metrics.preprocess_duration.labels(*runtime.labels).observe(preprocess_s)
         return await self.submit(runtime, "image", item, preprocess_s, deadline, request_id)
 
     async def text(

@@ -45,7 +45,7 @@ class ModelState(enum.StrEnum):
     STOPPED = "stopped"
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: one runtime per loaded version
 class ModelRuntime:
     """One served model: its spec, instances, batchers, and what happened while loading."""
 
@@ -69,6 +69,18 @@ class ModelRuntime:
     # retries with backoff from there).
     failed_recoveries: int = 0
     last_recovery_at: float = 0.0
+    version: str = "1"
+    # Requests that chose this version and have not answered yet: a retired version is
+    # released only once they have (see InferenceService.retire).
+    active: int = 0
+    quiet: asyncio.Event = field(default_factory=asyncio.Event)  # set whenever ``active`` drops to 0
+    # Taken out of routing by a load or unload; finishing what it accepted before release.
+    retiring: bool = False
+
+    @property
+    def labels(self) -> tuple[str, str]:
+        """This version's metric labels: ``(model, version)``."""
+        return self.name, self.version
 
     @property
     def alive(self) -> bool:
@@ -112,7 +124,7 @@ class ModelRuntime:
         started = time.monotonic()
         try:
             for index in range(config.instances):
-                worker = ModelWorker(f"model-{self.name}-{index}")
+                worker = ModelWorker(f"model-{self.name}-v{self.version}-{index}")
                 self.workers.append(worker)
                 handler = self.spec.handler_class(config, self.spec.directory)
                 await worker.call(handler.load, config.device)
@@ -129,8 +141,8 @@ class ModelRuntime:
         except Exception as exc:
             message = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
             self.state, self.error = ModelState.FAILED, message
-            metrics.model_load_failures.labels(self.name).inc()
-            metrics.model_ready.labels(self.name).set(0)
+            metrics.model_load_failures.labels(*self.labels).inc()
+            metrics.model_ready.labels(*self.labels).set(0)
             logger.error(
                 "model failed to load",
                 exc_info=not isinstance(exc, ModelLoadError),
@@ -142,12 +154,12 @@ class ModelRuntime:
         self.capabilities = self.handlers[0].capabilities()
         self._start_batchers(metrics, tracer, self.capabilities)
         self.state = ModelState.READY
-        metrics.model_load_seconds.labels(self.name).set(self.load_seconds)
-        metrics.model_warmup_seconds.labels(self.name).set(self.warmup_seconds)
-        metrics.model_ready.labels(self.name).set(1)
+        metrics.model_load_seconds.labels(*self.labels).set(self.load_seconds)
+        metrics.model_warmup_seconds.labels(*self.labels).set(self.warmup_seconds)
+        metrics.model_ready.labels(*self.labels).set(1)
         logger.info(
             "model ready",
-            extra={"model": self.name, "load_ms": round(self.load_seconds * 1000, 1),
+            extra={"model": self.name, "version": self.version, "load_ms": round(self.load_seconds * 1000, 1),
                    "warmup_ms": round(self.warmup_seconds * 1000, 1), "instances": config.instances},
         )  # fmt: skip
 
@@ -160,8 +172,8 @@ class ModelRuntime:
         """
         self.state, self.error = ModelState.RECOVERING, reason
         self.restarts += 1
-        metrics.model_ready.labels(self.name).set(0)
-        metrics.watchdog_restarts.labels(self.name, kind).inc()
+        metrics.model_ready.labels(*self.labels).set(0)
+        metrics.watchdog_restarts.labels(*self.labels, kind).inc()
         logger.error("model unhealthy; restarting it", extra={"model": self.name, "reason": reason})
         error = ModelNotReady(f"model {self.name} is restarting: {reason}", retry_after_s=5.0)
         for batcher in self.batchers.values():
@@ -190,7 +202,7 @@ class ModelRuntime:
                 "model reload failed",
                 extra={"model": self.name, "failed_in_a_row": self.failed_recoveries, "error": self.error},
             )
-        metrics.failed_recoveries.labels(self.name).set(self.failed_recoveries)
+        metrics.failed_recoveries.labels(*self.labels).set(self.failed_recoveries)
 
     def _start_batchers(self, metrics: Metrics, tracer: trace.Tracer, offered: Capabilities) -> None:
         """An image batcher for every model; a text batcher on the same threads for text towers."""
@@ -198,8 +210,9 @@ class ModelRuntime:
         def batcher(label: str, forwards: list[Any]) -> DynamicBatcher[Any, Any]:
             runs = list(zip(self.workers, forwards, strict=True))
             return DynamicBatcher(
-                label, self.policy(), runs, metrics, tracer, on_batch=self.stats.record_batch, eager=True
-            )
+                label, self.policy(), runs, metrics, tracer, on_batch=self.stats.record_batch, eager=True,
+                version=self.version,
+            )  # fmt: skip
 
         self.batchers["image"] = batcher(self.name, [h.predict for h in self.handlers])
         if offered.text_encoder is not None:
@@ -208,7 +221,7 @@ class ModelRuntime:
             self.batchers["text"] = batcher(f"{self.name}:text", [e.predict_text for e in encoders if e])
         if offered.zero_shot is not None and self.label_cache is None:
             # Kept across watchdog restarts: the same weights give the same label embeddings.
-            self.label_cache = LabelEmbeddingCache(self.name, self.config.label_cache_size, metrics)
+            self.label_cache = LabelEmbeddingCache(self.labels, self.config.label_cache_size, metrics)
         for each in self.batchers.values():
             each.start()
 

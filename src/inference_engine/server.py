@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from inference_engine import __version__
 from inference_engine.api import create_app
+from inference_engine.control import ModelRepository
 from inference_engine.drain import CloseWhileDraining, DrainingServer
 from inference_engine.errors import ConfigError
 from inference_engine.logging import configure_logging
@@ -82,6 +83,10 @@ def build_app(
         tracer=get_tracer(tracer_provider),
         shared_work_timeout_s=settings.server.max_request_timeout_s,
         recovery_limit=settings.watchdog.max_failed_recoveries if settings.watchdog.enabled else 0,
+        repository=ModelRepository(
+            settings.model_repository, settings.batching, settings.server.drain_timeout_s
+        ),
+        shadow_max_in_flight=settings.server.shadow_max_in_flight,
     )
     return create_app(settings, service, metrics, tracer_provider)
 

@@ -24,9 +24,11 @@ from inference_engine.answers import (
     Embeddings,
     Modality,
     Prediction,
+    Route,
     Rows,
     TextLimits,
 )
+from inference_engine.control import ModelControl, ModelRepository
 from inference_engine.errors import (
     DeadlineExceeded,
     InvalidInput,
@@ -45,7 +47,9 @@ from inference_engine.outputs import (
 )
 from inference_engine.pipeline import InputPipeline, both, gather_or_cancel
 from inference_engine.registry import ModelRegistry
+from inference_engine.routing import ServedModel
 from inference_engine.runtime import ModelRuntime, ModelState
+from inference_engine.shadow import ShadowTraffic
 
 __all__ = ["Embeddings", "InferenceService", "ModelRuntime", "ModelState", "Prediction", "Rows", "TextLimits"]
 
@@ -76,24 +80,34 @@ class InferenceService(ModelRegistry):
         tracer: trace.Tracer | None = None,
         shared_work_timeout_s: float = 120.0,
         recovery_limit: int = 3,
+        repository: ModelRepository | None = None,
+        shadow_max_in_flight: int = 32,
     ) -> None:
         super().__init__(specs, broken, metrics, default_model=default_model, recovery_limit=recovery_limit)
-        self._tracer = tracer or trace.NoOpTracer()
+        self.tracer = tracer or trace.NoOpTracer()
         self.limits = limits
         # Work shared by several requests (label embeddings) runs under this, not under theirs.
         self.shared_work_timeout_s = shared_work_timeout_s
         self.text_limits = text_limits or TextLimits()
         workers = preprocess_workers or (os.cpu_count() or 1)
-        self.pipeline = InputPipeline(metrics, self._tracer, limits, workers, admit=self._check_ready)
+        self.pipeline = InputPipeline(metrics, self.tracer, limits, workers, admit=self._check_ready)
         self._shutdown_started: float | None = None
         self._load_task: asyncio.Task[None] | None = None
+        self.shadows = ShadowTraffic(self.run_rows, metrics, max_in_flight=shadow_max_in_flight)
+        # Model control (load, unload, index) over the folder the models came from.
+        self.control = ModelControl(self, repository)
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         """Begin loading every model in the background; readiness reports progress."""
-        for bad in (r for r in self.runtimes.values() if r.state is ModelState.FAILED):
-            logger.error("model failed validation", extra={"model": bad.name, "error": bad.error})
+        for bad in (r for r in self.runtimes() if r.state is ModelState.FAILED):
+            logger.error(
+                "model failed validation",
+                extra={"model": bad.name, "version": bad.version, "error": bad.error},
+            )
+        for model in (m for m in self.models.values() if m.error is not None):
+            logger.error("model failed validation", extra={"model": model.name, "error": model.error})
         self._load_task = asyncio.create_task(self._load_all(), name="load-models")
 
     async def wait_loaded(self) -> None:
@@ -102,14 +116,15 @@ class InferenceService(ModelRegistry):
             await asyncio.shield(self._load_task)
 
     async def _load_all(self) -> None:
-        pending = [r for r in self.runtimes.values() if r.state is ModelState.PENDING]
-        await asyncio.gather(*(r.load(self.metrics, self._tracer) for r in pending))
+        pending = [r for r in self.runtimes() if r.state is ModelState.PENDING]
+        await asyncio.gather(*(r.load(self.metrics, self.tracer) for r in pending))
+        await asyncio.to_thread(self.control.remember_loaded)
 
     async def restart(self, runtime: ModelRuntime, reason: str, kind: str) -> None:
         """Take a ready model out of service at once, fail its work with 503, and reload it."""
         if runtime.state is not ModelState.READY or self._draining:
             return
-        await runtime.restart(reason, kind, self.metrics, self._tracer)
+        await runtime.restart(reason, kind, self.metrics, self.tracer)
 
     async def retry_recovery(self, runtime: ModelRuntime) -> None:
         """Reload a model whose reload after a restart failed (the watchdog calls it, with backoff).
@@ -119,7 +134,7 @@ class InferenceService(ModelRegistry):
         """
         if runtime.state is not ModelState.FAILED or runtime.failed_recoveries == 0 or self._draining:
             return
-        await runtime.reload(self.metrics, self._tracer)
+        await runtime.reload(self.metrics, self.tracer)
 
     def begin_shutdown(self) -> None:
         """Refuse new work from now on (``/ready`` turns 503); queued work still runs.
@@ -144,35 +159,39 @@ class InferenceService(ModelRegistry):
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
             await asyncio.gather(self._load_task, return_exceptions=True)
-        batchers = [b for r in self.runtimes.values() for b in r.batchers.values()]
+        await self.control.stop()
+        await self.shadows.stop()
+        runtimes = self.runtimes()
+        batchers = [b for r in runtimes for b in r.batchers.values()]
         await asyncio.gather(*(b.drain(drain_timeout_s) for b in batchers))
-        for runtime in self.runtimes.values():
+        for runtime in runtimes:
             if runtime.state is ModelState.READY:
                 runtime.state = ModelState.STOPPED
-                self.metrics.model_ready.labels(runtime.name).set(0)
-        await asyncio.gather(*(runtime.release() for runtime in self.runtimes.values()))
+                self.metrics.model_ready.labels(*runtime.labels).set(0)
+        await asyncio.gather(*(runtime.release() for runtime in runtimes))
         self.pipeline.shutdown()
 
     # -- the request path ------------------------------------------------------------------
 
     async def infer(
         self,
-        name: str,
+        target: Route | str,
         data: bytes,
         *,
         top_k: int | None,
         deadline: float,
         request_id: str = "-",
         labels: Sequence[str] | None = None,
-        version: str | None = None,
     ) -> Prediction:
-        """Classify one encoded image with model ``name``: with its own labels, or zero-shot ones.
+        """Classify one encoded image with the model and version ``target`` routes to (a model
+        name: a version by its traffic weights): with its own labels, or zero-shot ones.
 
         Raises an ``EngineError`` on any failure. What the model returned is checked before it
         becomes an answer (its probabilities, or for zero-shot the embeddings ranked): NaN, infinity
         or a length other than the model declares fails this request with 500 ``model_failed``.
         """
-        runtime = self.runtime(name, version)
+        route, model, runtime = self._target(target)
+        name = route.model
         offered = self._check_ready(runtime)
         # The instances this request uses, taken now: a watchdog restart may replace them while
         # it waits, and it must then fail with 503, not trip over the swap.
@@ -187,8 +206,9 @@ class InferenceService(ModelRegistry):
         with self._accounted(runtime):
             if ranker is None or labels is None:
                 run = await self.pipeline.image(runtime, handler, data, deadline, request_id)
-                output_tensor(handler, offered, "image", "probabilities", [run.output], runtime.name)
+                scores = output_tensor(handler, offered, "image", "probabilities", [run.output], runtime.name)
                 body = handler.postprocess(run.output, top_k=top_k)
+                self.shadows.offer(model, route, {"images": [data]}, {"probabilities": scores})
             else:
                 run, label_embeddings = await both(
                     self.pipeline.image(runtime, handler, data, deadline, request_id),
@@ -197,12 +217,15 @@ class InferenceService(ModelRegistry):
                 # Both sides of the ranking are model outputs: the image's embedding, and the
                 # labels' from the text tower (through the label cache).
                 if offered.image_embedder is not None:
-                    output_tensor(handler, offered, "image", "embeddings", [run.output], runtime.name)
+                    embedded = output_tensor(
+                        handler, offered, "image", "embeddings", [run.output], runtime.name
+                    )
+                    self.shadows.offer(model, route, {"images": [data]}, {"embeddings": embedded})
                 output_tensor(handler, offered, "text", "embeddings", list(label_embeddings), runtime.name)
                 body = ranker.rank_labels(run.output, label_embeddings, labels, top_k=top_k)
         return Prediction(
             model=name,
-            model_version=runtime.config.version,
+            model_version=runtime.version,
             body=body,
             preprocess_s=run.preprocess_s,
             queue_s=run.queue_s,
@@ -212,19 +235,22 @@ class InferenceService(ModelRegistry):
 
     async def embed(
         self,
-        name: str,
+        target: Route | str,
         *,
         images: Sequence[bytes] = (),
         texts: Sequence[str] = (),
         deadline: float,
         request_id: str = "-",
-        version: str | None = None,
     ) -> Embeddings:
         """L2-normalised embeddings of several images or several texts (not both)."""
         rows = await self.run_rows(
-            name, images=images, texts=texts, deadline=deadline, request_id=request_id,
-            outputs=["embeddings"], version=version,
-        )  # fmt: skip
+            target,
+            images=images,
+            texts=texts,
+            deadline=deadline,
+            request_id=request_id,
+            outputs=["embeddings"],
+        )
         return Embeddings(
             model=rows.model,
             model_version=rows.model_version,
@@ -238,7 +264,7 @@ class InferenceService(ModelRegistry):
 
     async def run_rows(
         self,
-        name: str,
+        target: Route | str,
         *,
         images: Sequence[bytes] = (),
         tensors: Sequence[npt.NDArray[np.float32]] = (),
@@ -246,7 +272,6 @@ class InferenceService(ModelRegistry):
         deadline: float,
         request_id: str = "-",
         outputs: Sequence[str] | None = None,
-        version: str | None = None,
     ) -> Rows:
         """The output tensors for several inputs of one kind, in order (the V2 protocol's rows).
 
@@ -262,7 +287,8 @@ class InferenceService(ModelRegistry):
         if count > self.text_limits.max_items:
             raise InvalidInput(f"{count} inputs in one request; the limit is {self.text_limits.max_items}")
         wanted = known_outputs(outputs)
-        runtime = self.runtime(name, version)
+        route, model, runtime = self._target(target)
+        name = route.model
         offered = self._check_ready(runtime)
         handler = runtime.handlers[0]
         modality: Modality = "text" if texts else "image"
@@ -285,9 +311,11 @@ class InferenceService(ModelRegistry):
             # Built inside the accounting: a refused output (500 model_failed) counts as a failure.
             raw = [run.output for run in runs]
             built = {o: output_tensor(handler, offered, modality, o, raw, runtime.name) for o in wanted}
+        inputs = {"images": images} if images else {"tensors": tensors} if tensors else {"texts": texts}
+        self.shadows.offer(model, route, inputs, built)
         return Rows(
             model=name,
-            model_version=runtime.config.version,
+            model_version=runtime.version,
             modality=modality,
             tensors=built,
             labels=handler.labels(),
@@ -297,16 +325,28 @@ class InferenceService(ModelRegistry):
             batch_sizes=[run.batch_size for run in runs],
         )
 
+    def _target(self, target: Route | str) -> tuple[Route, ServedModel, ModelRuntime]:
+        """The route, model and runtime of a request (routed now when given a model name)."""
+        route = target if isinstance(target, Route) else self.route(target)
+        model = self.served(route.model)
+        return route, model, model.runtime_for(route)
+
     @contextlib.contextmanager
     def _accounted(self, runtime: ModelRuntime) -> Iterator[None]:
-        """Count the request as in flight, and its outcome in the model's statistics."""
+        """Count the request as in flight (for the version's retirement too), and its outcome
+        in the version's statistics. Entered right after routing, with no ``await`` between."""
         started = time.monotonic()
         ok = False
+        runtime.active += 1
+        runtime.quiet.clear()
         try:
-            with self.metrics.in_flight.labels(runtime.name).track_inprogress():
+            with self.metrics.in_flight.labels(*runtime.labels).track_inprogress():
                 yield
             ok = True
         finally:
+            runtime.active -= 1
+            if not runtime.active:
+                runtime.quiet.set()
             runtime.stats.record_request(time.monotonic() - started, ok)
 
     async def _label_embeddings(

@@ -78,6 +78,16 @@ class ServerSettings(_Section):
     max_connections: int = Field(1000, ge=1)
     """Connections served at once; a request on one more (or while more requests than this are in
     progress) gets an immediate 503 from the HTTP layer instead of waiting."""
+    model_control: bool = False
+    """Accept model control (``POST /v2/repository/models/{name}/load`` and ``/unload``): load,
+    reload and unload models and versions without a restart. With auth on, it needs an admin
+    key (``auth.admin_key_hashes``). On in the dev config, off in prod."""
+    repository_poll_s: float = Field(0.0, ge=0)
+    """Re-read the model repository this often (seconds) and load every served model whose folder
+    changed (Triton's poll mode); 0: only on start and through model control."""
+    shadow_max_in_flight: int = Field(32, ge=0)
+    """Shadow copies (``shadow`` in model.yaml) running at once; past it copies are shed, so a
+    shadow never takes the capacity callers wait for."""
 
 
 class BatchingSettings(_Section):
@@ -119,8 +129,11 @@ class AuthSettings(_Section):
     """Hex SHA-256 digests of the accepted keys (``inference-engine auth hash-key KEY``)."""
     protect_operational: bool = False
     """Also require a key for the probes (``/health``, ``/ready``, ``/v2/health/*``) and ``/metrics``."""
+    admin_key_hashes: list[str] = Field(default_factory=list)
+    """Hex SHA-256 digests of the keys allowed model control (``/v2/repository/...``); they are
+    accepted on every other route too. Other keys get 403 there."""
 
-    @field_validator("api_key_hashes")
+    @field_validator("api_key_hashes", "admin_key_hashes")
     @classmethod
     def _hex_sha256(cls, hashes: list[str]) -> list[str]:
         for digest in hashes:

@@ -58,7 +58,7 @@ class Watchdog:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self._settings.check_interval_s)
-            for runtime in list(self._service.runtimes.values()):
+            for runtime in self._service.runtimes():
                 found = diagnose(runtime, self._settings.max_forward_s)
                 if found is not None:
                     kind, reason = found

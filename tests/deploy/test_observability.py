@@ -3,8 +3,14 @@
 Every ``inference_engine_*`` name used in a PromQL expression must be one that the real server
 exports: a server is started over a small repository, driven through the code paths that create
 each labelled series (a good request, bad ones, a failing batch, a dropped input, a model that
-fails to load, a watchdog restart), and its ``GET /metrics`` is parsed. Label names used in
-selectors, ``by (...)`` clauses and legends must be labels of those series.
+fails to load, a watchdog restart, a model with two versions and a shadow, a model control
+load), and its ``GET /metrics`` is parsed. Label names used in selectors, ``by (...)`` clauses
+and legends must be labels of those series.
+
+The same names and labels are also checked, without a server, against ``VERSIONED_FAMILIES``: the
+metrics as the model-versions change defines them (a ``version`` label on every per-model family,
+and the traffic, shadow and model-control families). metrics.py is checked against that list on
+its own (``test_metrics_module_declares_the_versioned_families``).
 
 ``promtool`` (Debian package ``prometheus``) is optional: when it is installed, the rules file and
 the scrape config are checked with it, the alerts are unit-tested with ``promtool test rules``, and
@@ -31,6 +37,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from inference_engine.metrics import Metrics
 from tests.helpers import ROOT, ServerProcess, cat_jpeg, encode
 from tests.repository import add_colour_model, add_colour_text_model, add_model
 
@@ -46,6 +53,7 @@ METRIC_NAME = re.compile(r"\binference_engine_[a-z0-9_]+")
 SELECTOR = re.compile(r"\b(inference_engine_[a-z0-9_]+)\s*\{([^}]*)\}")
 MATCHER = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)\s*"')
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
+AGGREGATION = re.compile(r"\b(?:sum|min|max|avg|count|group)\s*\(")
 LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 RANGE_WINDOW = re.compile(r"\[([^\]]+)\]")
 DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
@@ -63,6 +71,42 @@ SUFFIXES = {
     "summary": ("", "_sum", "_count", "_created"),
     "gauge": ("",),
 }
+
+_MV = ("model", "version")
+_PAIR = ("model", "primary", "shadow")
+#: The per-model families and their labels once models have versions (family name as
+#: prometheus_client and its text parser give it: a counter without ``_total``) -> (type, labels).
+#: Every per-model family has ``version`` right after ``model``; the last seven are new.
+VERSIONED_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "inference_engine_requests": ("counter", ("model", "version", "route", "status")),
+    "inference_engine_request_duration_seconds": ("histogram", ("model", "version", "route")),
+    "inference_engine_errors": ("counter", ("model", "version", "type")),
+    "inference_engine_preprocess_duration_seconds": ("histogram", _MV),
+    "inference_engine_queue_wait_seconds": ("histogram", _MV),
+    "inference_engine_inference_duration_seconds": ("histogram", _MV),
+    "inference_engine_batch_size": ("histogram", _MV),
+    "inference_engine_queue_depth": ("gauge", _MV),
+    "inference_engine_in_flight_requests": ("gauge", _MV),
+    "inference_engine_dropped_inputs": ("counter", ("model", "version", "reason")),
+    "inference_engine_model_ready": ("gauge", _MV),
+    "inference_engine_model_load_seconds": ("gauge", _MV),
+    "inference_engine_model_warmup_seconds": ("gauge", _MV),
+    "inference_engine_model_failed_recoveries": ("gauge", _MV),
+    "inference_engine_model_load_failures": ("counter", _MV),
+    "inference_engine_batch_failures": ("counter", _MV),
+    "inference_engine_watchdog_restarts": ("counter", ("model", "version", "reason")),
+    "inference_engine_label_cache_lookups": ("counter", ("model", "version", "result")),
+    # new with versions, traffic splitting, shadows and model control
+    "inference_engine_traffic_weight": ("gauge", _MV),
+    "inference_engine_shadow_requests": ("counter", (*_PAIR, "outcome")),
+    "inference_engine_shadow_top1_agreements": ("counter", _PAIR),
+    "inference_engine_shadow_agreement_ratio": ("gauge", _PAIR),
+    "inference_engine_shadow_score_difference": ("histogram", _PAIR),
+    "inference_engine_shadow_cosine_similarity": ("histogram", _PAIR),
+    "inference_engine_repository_operations": ("counter", ("model", "operation", "outcome")),
+}
+VERSIONS_ROW = "Versions"
+SHADOW_ALERT = "InferenceEngineShadowDisagreement"
 
 
 # -- the files ---------------------------------------------------------------------------------
@@ -90,14 +134,29 @@ def dashboard_panels() -> list[dict[str, Any]]:
     return panels
 
 
+def row_panels(title: str) -> list[dict[str, Any]]:
+    """The panels of the row ``title``: nested in it when collapsed, else those after it up to
+    the next row."""
+    top = dashboard()["panels"]
+    (start,) = [i for i, p in enumerate(top) if p["type"] == "row" and p["title"] == title]
+    if top[start].get("collapsed"):
+        return list(top[start]["panels"])
+    found: list[dict[str, Any]] = []
+    for panel in top[start + 1 :]:
+        if panel["type"] == "row":
+            break
+        found.append(panel)
+    return found
+
+
 def rule_expressions() -> list[tuple[str, str]]:
     return [(f"alert {rule['alert']}", rule["expr"]) for rule in alert_rules()]
 
 
-def dashboard_expressions() -> list[tuple[str, str, str]]:
-    """(where, expr, legendFormat) of every panel target."""
+def dashboard_expressions(panels: list[dict[str, Any]] | None = None) -> list[tuple[str, str, str]]:
+    """(where, expr, legendFormat) of every panel target (of ``panels``, default all)."""
     found = []
-    for panel in dashboard_panels():
+    for panel in dashboard_panels() if panels is None else panels:
         for target in panel.get("targets", []):
             where = f"panel {panel['id']} {panel['title']!r} target {target.get('refId')}"
             found.append((where, target.get("expr", ""), target.get("legendFormat", "")))
@@ -178,8 +237,41 @@ async def _drive(server: ServerProcess) -> None:
         # A forward pass that hangs past watchdog.max_forward_s makes the watchdog restart the model.
         hung = await client.post("/v1/models/hangs/predict", content=BLUE)
         assert hung.status_code == 503, hung.text
+        # Two versions: a request that names none goes to version 1 (the traffic weights), and a
+        # copy of it to version 2, its shadow, which is compared in the background.
+        for _ in range(2):
+            routed = await client.post("/v1/models/versioned/predict", content=GREEN)
+            assert routed.status_code == 200, routed.text
+            assert routed.json()["model_version"] == "1", routed.text
+            embedded = await client.post("/v1/models/versioned_text/predict?labels=red,green", content=GREEN)
+            assert embedded.status_code == 200, embedded.text
+        pinned = await client.post("/v1/models/versioned/versions/2/predict", content=GREEN)
+        assert pinned.status_code == 200, pinned.text
+        # Model control: a load that re-reads the folder (nothing changed, so what serves stays).
+        loaded = await client.post("/v2/repository/models/versioned/load")
+        assert loaded.status_code == 200, loaded.text
         for path in ("/health", "/ready", "/v1/models", "/info"):
             await client.get(path)
+
+
+def add_versions(folder: Path, count: int, **model_keys: Any) -> None:
+    """Turn a one-version model folder into version folders 1..count that share its model.yaml
+    (and model.py), with the model-level keys (``traffic``, ``shadow``, ...) added to it."""
+    path = folder / "model.yaml"
+    config = load_yaml(path)
+    config.pop("version", None)
+    path.write_text(yaml.safe_dump({**config, **model_keys}))
+    for number in range(1, count + 1):
+        (folder / str(number)).mkdir()
+
+
+# Background series: the fixture waits for each before it reads /metrics for the tests.
+BACKGROUND_SERIES = (
+    "inference_engine_dropped_inputs_total{",
+    "inference_engine_watchdog_restarts_total{",
+    "inference_engine_shadow_score_difference_bucket{",
+    "inference_engine_shadow_cosine_similarity_bucket{",
+)
 
 
 @pytest.fixture(scope="module")
@@ -191,8 +283,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]:
     add_colour_model(repo, "slow", delay_s=0.6, settings={"max_batch_size": 1})
     add_colour_model(repo, "hangs", hang_on_blue_s=4, settings={"max_batch_size": 1})
     add_model(repo, "broken", {"handler": "torchscript", "weights": "missing.pt"})
+    shadowed = {"version_policy": "all", "traffic": {"1": 100}, "shadow": {"2": 100}}
+    add_versions(add_colour_model(repo, "versioned"), 2, **shadowed)  # top-1 and score difference
+    add_versions(add_colour_text_model(repo, "versioned_text"), 2, **shadowed)  # cosine similarity
     env = {
         "IE_SERVER__DEFAULT_MODEL": "colour",
+        "IE_SERVER__MODEL_CONTROL": "true",
         "IE_WATCHDOG__MAX_FORWARD_S": "1.0",
         "IE_WATCHDOG__CHECK_INTERVAL_S": "0.1",
     }
@@ -202,12 +298,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]:
         asyncio.run(_drive(server))
         with httpx.Client(base_url=server.url, timeout=10) as client:
             deadline = time.monotonic() + 15
-            while True:  # the dropped input and the restart are counted by background loops
+            while True:  # the dropped input, the restart and shadows are counted in the background
                 text = client.get("/metrics").text
-                if (
-                    "inference_engine_dropped_inputs_total{" in text
-                    and "inference_engine_watchdog_restarts_total{" in text
-                ) or time.monotonic() > deadline:
+                if all(s in text for s in BACKGROUND_SERIES) or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
         yield parse_exposition(text)
@@ -252,17 +345,34 @@ def test_metric_names_in_descriptions_are_exported(exported: Exposition) -> None
     assert not unknown, "\n".join(unknown)
 
 
-@pytest.mark.integration
-def test_label_names_in_selectors_groupings_and_legends_exist(exported: Exposition) -> None:
+def result_labels(expr: str, labels: dict[str, set[str]]) -> set[str]:
+    """The labels of an expression's result: those of its aggregations' groupings, or, with no
+    aggregation, those of its series (plus the target's)."""
+    groupings = GROUPING.findall(expr)
+    if groupings:  # the result carries the labels of the outermost aggregation's grouping
+        return {p.strip() for clause in groupings for p in clause.split(",") if p.strip()}
+    if AGGREGATION.search(expr):  # sum(...) and the like, without a grouping: no labels
+        return set()
+    found = set(TARGET_LABELS)
+    for name in METRIC_NAME.findall(expr):
+        found |= labels.get(name, set())
+    return found
+
+
+def label_problems(
+    expressions: list[tuple[str, str]], legends: list[tuple[str, str, str]], labels: dict[str, set[str]]
+) -> list[str]:
+    """Labels used in selectors, groupings, variables and legends that the series do not have
+    (``labels``: series name -> its label names)."""
     problems = []
-    for where, expr in all_expressions():
+    for where, expr in expressions:
         used = set(METRIC_NAME.findall(expr))
         available = set(TARGET_LABELS)
         for name in used:
-            available |= exported.labels.get(name, set())
+            available |= labels.get(name, set())
         for name, body in SELECTOR.findall(expr):
             for label in MATCHER.findall(body):
-                if label not in exported.labels.get(name, set()) | TARGET_LABELS:
+                if label not in labels.get(name, set()) | TARGET_LABELS:
                     problems.append(f"{where}: {name} has no label {label!r}")
         for clause in GROUPING.findall(expr):
             for label in (part.strip() for part in clause.split(",")):
@@ -271,19 +381,19 @@ def test_label_names_in_selectors_groupings_and_legends_exist(exported: Expositi
         if where.startswith("variable"):
             match = re.search(r"label_values\(\s*(inference_engine_[a-z0-9_]+)\s*,\s*(\w+)\s*\)", expr)
             assert match, f"{where}: expected label_values(metric, label), got {expr!r}"
-            if match.group(2) not in exported.labels.get(match.group(1), set()):
+            if match.group(2) not in labels.get(match.group(1), set()):
                 problems.append(f"{where}: {match.group(1)} has no label {match.group(2)!r}")
-    for where, expr, legend in dashboard_expressions():
-        groupings = GROUPING.findall(expr)
-        if groupings:  # the result carries the labels of the outermost aggregation's grouping
-            result_labels = {p.strip() for clause in groupings for p in clause.split(",")}
-        else:
-            result_labels = set(TARGET_LABELS)
-            for name in METRIC_NAME.findall(expr):
-                result_labels |= exported.labels.get(name, set())
+    for where, expr, legend in legends:
+        found = result_labels(expr, labels)
         for label in LEGEND_LABEL.findall(legend):
-            if label not in result_labels:
+            if label not in found:
                 problems.append(f"{where}: legend uses {{{{{label}}}}}, not a label of the result")
+    return problems
+
+
+@pytest.mark.integration
+def test_label_names_in_selectors_groupings_and_legends_exist(exported: Exposition) -> None:
+    problems = label_problems(all_expressions(), dashboard_expressions(), exported.labels)
     assert not problems, "\n".join(problems)
 
 
@@ -327,8 +437,12 @@ def test_rules_cover_the_operational_signals() -> None:
         "inference_engine_request_duration_seconds_bucket",
         "inference_engine_watchdog_restarts_total",
         "inference_engine_model_load_failures_total",
+        "inference_engine_shadow_agreement_ratio",
     ):
         assert needed in exprs, f"no alert uses {needed}"
+    shadow = by_name[SHADOW_ALERT]
+    assert shadow["for"] == "15m"
+    assert "(inference_engine_shadow_agreement_ratio) < 0.95" in shadow["expr"]
     assert by_name["InferenceEngineModelNotReady"]["for"] == "2m"
     assert by_name["InferenceEngineHighErrorRatio"]["for"] == "5m"
     assert by_name["InferenceEngineHighLatencyP99"]["for"] == "10m"
@@ -454,6 +568,18 @@ def _requests(values: str, model: str, status: str, route: str = "/predict") -> 
     return _series("inference_engine_requests_total", values, model=model, route=route, status=status)
 
 
+def _agreement(values: str, model: str, shadow: str) -> dict[str, str]:
+    """inference_engine_shadow_agreement_ratio of version ``shadow`` against version 1."""
+    name = "inference_engine_shadow_agreement_ratio"
+    return _series(name, values, model=model, primary="1", shadow=shadow)
+
+
+def _shadowed(values: str, model: str, shadow: str, outcome: str = "compared") -> dict[str, str]:
+    """inference_engine_shadow_requests_total of version ``shadow`` against version 1."""
+    name = "inference_engine_shadow_requests_total"
+    return _series(name, values, model=model, primary="1", shadow=shadow, outcome=outcome)
+
+
 ALERT_UNIT_TESTS: list[dict[str, Any]] = [
     {
         "name": "target down",
@@ -553,6 +679,27 @@ ALERT_UNIT_TESTS: list[dict[str, Any]] = [
             _silent("InferenceEngineLoadShedding", "5m"),
             _firing("InferenceEngineLoadShedding", "12m", "warning", model="m"),
             _silent("InferenceEngineHighErrorRatio", "12m"),  # 3% is below the error-ratio alert
+        ],
+    },
+    {
+        "name": "a shadow agreeing with its primary on fewer than 95% of inputs for 15 minutes",
+        "interval": "1m",
+        "input_series": [
+            # 50 comparisons by 5m (shed copies do not count), then 15 minutes below 0.95: fires at 20m
+            _agreement("0.9x40", model="m", shadow="2"),
+            _shadowed("0+10x40", model="m", shadow="2"),
+            _shadowed("0+50x40", model="m", shadow="2", outcome="shed"),
+            # agrees
+            _agreement("0.99x40", model="m", shadow="3"),
+            _shadowed("0+10x40", model="m", shadow="3"),
+            # too few comparisons to say
+            _agreement("0.5x40", model="rare", shadow="2"),
+            _shadowed("2x40", model="rare", shadow="2"),
+        ],
+        "alert_rule_test": [
+            _silent(SHADOW_ALERT, "4m"),
+            _silent(SHADOW_ALERT, "18m"),
+            _firing(SHADOW_ALERT, "22m", "warning", model="m", primary="1", shadow="2"),
         ],
     },
 ]
@@ -661,3 +808,115 @@ def test_dashboard_covers_the_operational_signals() -> None:
         assert needed in joined, f"no panel queries {needed}"
     heatmaps = [p for p in dashboard_panels() if p["type"] == "heatmap"]
     assert heatmaps and all(t.get("format") == "heatmap" for p in heatmaps for t in p["targets"])
+
+
+# -- versions: the metrics as the model-versions change defines them ---------------------------
+
+
+def versioned_series() -> dict[str, set[str]]:
+    """Every series name of ``VERSIONED_FAMILIES`` (with its suffixes) -> its label names."""
+    series: dict[str, set[str]] = {}
+    for family, (kind, labels) in VERSIONED_FAMILIES.items():
+        for suffix in SUFFIXES[kind]:
+            series[family + suffix] = set(labels) | ({"le"} if suffix == "_bucket" else set())
+    return series
+
+
+def declared_families() -> dict[str, tuple[str, tuple[str, ...]]]:
+    """What metrics.py declares: family name -> (type, label names), from a fresh Metrics."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    declared = {}
+    for metric in vars(Metrics()).values():
+        if isinstance(metric, MetricWrapperBase):
+            declared[metric._name] = (metric._type, tuple(metric._labelnames))
+    return declared
+
+
+def test_metrics_module_declares_the_versioned_families() -> None:
+    """metrics.py declares every family of VERSIONED_FAMILIES, of its type, with its labels in order."""
+    declared = declared_families()
+    wrong = [
+        f"{name}: metrics.py has {declared.get(name)}, expected {(kind, labels)}"
+        for name, (kind, labels) in VERSIONED_FAMILIES.items()
+        if declared.get(name) != (kind, labels)
+    ]
+    assert not wrong, "\n".join(wrong)
+    # Every per-model family of metrics.py has a version (or is a version pair's).
+    unversioned = [
+        name for name, (_, labels) in declared.items()
+        if "model" in labels and "version" not in labels and name not in VERSIONED_FAMILIES
+    ]  # fmt: skip
+    assert not unversioned, f"per-model families without a version label: {unversioned}"
+
+
+def test_the_versions_row_and_the_shadow_alert_use_versioned_families() -> None:
+    series = versioned_series()
+    versions = dashboard_expressions(row_panels(VERSIONS_ROW))
+    shadow = [(w, e) for w, e in rule_expressions() if w == f"alert {SHADOW_ALERT}"]
+    assert versions and shadow
+    unknown = [
+        f"{where}: {name}"
+        for where, expr in [(w, e) for w, e, _ in versions] + shadow
+        for name in METRIC_NAME.findall(expr)
+        if name not in series
+    ]
+    assert not unknown, "not in VERSIONED_FAMILIES:\n" + "\n".join(unknown)
+
+
+def test_label_names_fit_the_versioned_families() -> None:
+    """Every expression over VERSIONED_FAMILIES (all of the dashboard's and the alerts', today)
+    uses only their labels, and its legend only the labels of its result."""
+    series = versioned_series()
+
+    def covered(expr: str) -> bool:
+        names = METRIC_NAME.findall(expr)
+        return bool(names) and all(name in series for name in names)
+
+    expressions = [(w, e) for w, e in all_expressions() if covered(e)]
+    legends = [(w, e, legend) for w, e, legend in dashboard_expressions() if covered(e)]
+    assert len(legends) == len(dashboard_expressions()), "a dashboard query uses a family not listed"
+    problems = label_problems(expressions, legends, series)
+    assert not problems, "\n".join(problems)
+
+
+def test_every_dashboard_series_is_told_apart_by_its_legend() -> None:
+    """A query's result keeps no label its legend does not show: with a version label on every
+    per-model series, a query that did not aggregate it away would draw one line per version
+    under one legend."""
+    series = versioned_series()
+    problems = []
+    for where, expr, legend in dashboard_expressions():
+        shown = set(LEGEND_LABEL.findall(legend))
+        hidden = result_labels(expr, series) - shown - TARGET_LABELS - {"le"}
+        if hidden:
+            problems.append(f"{where}: the result has {sorted(hidden)}, which {legend!r} does not show")
+    assert not problems, "\n".join(problems)
+
+
+def test_dashboard_covers_the_versions() -> None:
+    panels = row_panels(VERSIONS_ROW)
+    (row,) = [p for p in dashboard()["panels"] if p["type"] == "row" and p["title"] == VERSIONS_ROW]
+    mine = {row["id"]} | {p["id"] for p in panels}
+    others = [p for p in dashboard_panels() if p["id"] not in mine]
+    assert row["gridPos"]["y"] >= max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in others)
+    assert all(p["gridPos"]["y"] > row["gridPos"]["y"] for p in panels)
+    joined = "\n".join(expr for _, expr, _ in dashboard_expressions(panels))
+    by_version = "sum by (le, model, version) (rate(inference_engine_request_duration_seconds_bucket"
+    by_pair = "sum by (le, model, primary, shadow) (rate(inference_engine_shadow_"
+    for needed in (
+        # traffic share: each version's requests over its model's
+        "sum by (model, version) (rate(inference_engine_requests_total",
+        "/ on (model) group_left ()\nsum by (model) (rate(inference_engine_requests_total",
+        "inference_engine_traffic_weight",
+        f"histogram_quantile(0.5, {by_version}",
+        f"histogram_quantile(0.99, {by_version}",
+        'status!~"2.."',
+        "inference_engine_shadow_agreement_ratio",
+        "rate(inference_engine_shadow_top1_agreements_total",
+        f"histogram_quantile(0.5, {by_pair}score_difference_bucket",
+        f"histogram_quantile(0.5, {by_pair}cosine_similarity_bucket",
+        "inference_engine_shadow_requests_total",
+        "sum by (model, operation, outcome) (increase(inference_engine_repository_operations_total",
+    ):
+        assert needed in joined, f"no panel of the {VERSIONS_ROW} row queries {needed}"

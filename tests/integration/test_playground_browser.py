@@ -152,6 +152,10 @@ def test_the_cat_photo_is_a_cat_with_timings_and_request_id(playground: Playgrou
         expect(page.locator(f"#t-{key}")).to_have_text(re.compile(r"^\d+\.\d ms$"))
     expect(page.locator("#request-id")).to_have_text(body["request_id"])
     assert body["request_id"] == answer.value.headers["x-request-id"]
+    # Which version answered (a model may split its traffic between versions).
+    assert body["model_version"] == answer.value.headers["x-model-version"]
+    answered_by = f"model efficientnet_lite0 · version {body['model_version']}"
+    expect(page.locator("#answered-by")).to_have_text(answered_by)
     expect(page.locator("#preview")).to_be_visible()
     expect(page.locator("#error")).to_be_hidden()
     playground.finish(tmp_path)
@@ -198,6 +202,8 @@ def test_zero_shot_and_embedding_with_a_tiny_clip(playground: Playground, tmp_pa
     first = ", ".join(f"{v:.4f}" for v in embedding["embeddings"][0][:8])
     expect(page.locator("#values")).to_have_text(f"[{first}, …]")
     expect(page.locator("#predictions li")).to_have_count(0)
+    answered_by = f"model tiny_clip · version {embedding['model_version']}"
+    expect(page.locator("#answered-by")).to_have_text(answered_by)
     playground.finish(tmp_path)
 
 

@@ -25,50 +25,67 @@ def test_two_metrics_objects_do_not_collide() -> None:
     second = Metrics()  # a shared global registry would raise "Duplicated timeseries" here
 
     assert first.registry is not second.registry
-    first.requests.labels(model="m", route="predict", status="200").inc()
+    first.requests.labels(model="m", version="1", route="predict", status="200").inc()
 
-    assert sample(first, "inference_engine_requests_total", model="m", route="predict", status="200") == 1.0
-    assert sample(second, "inference_engine_requests_total", model="m", route="predict", status="200") is None
+    assert (
+        sample(
+            first, "inference_engine_requests_total", model="m", version="1", route="predict", status="200"
+        )
+        == 1.0
+    )
+    assert (
+        sample(
+            second, "inference_engine_requests_total", model="m", version="1", route="predict", status="200"
+        )
+        is None
+    )
 
 
 def test_explicit_registry_is_used() -> None:
     registry = CollectorRegistry()
 
     metrics = Metrics(registry)
-    metrics.queue_depth.labels(model="m").set(3)
+    metrics.queue_depth.labels(model="m", version="1").set(3)
 
     assert metrics.registry is registry
-    assert registry.get_sample_value("inference_engine_queue_depth", {"model": "m"}) == 3.0
+    assert registry.get_sample_value("inference_engine_queue_depth", {"model": "m", "version": "1"}) == 3.0
 
 
 def test_render_after_observations() -> None:
     metrics = Metrics()
 
     metrics.build_info.labels(version="1.2.3").set(1)
-    metrics.requests.labels(model="m", route="predict", status="200").inc(2)
-    metrics.batch_size.labels(model="m").observe(5)
-    metrics.batch_size.labels(model="m").observe(1)
-    metrics.queue_depth.labels(model="m").set(7)
-    metrics.request_duration.labels(model="m", route="predict").observe(0.03)
-    metrics.errors.labels(model="m", type="queue_full").inc()
+    metrics.requests.labels(model="m", version="1", route="predict", status="200").inc(2)
+    metrics.batch_size.labels(model="m", version="1").observe(5)
+    metrics.batch_size.labels(model="m", version="1").observe(1)
+    metrics.queue_depth.labels(model="m", version="1").set(7)
+    metrics.request_duration.labels(model="m", version="1", route="predict").observe(0.03)
+    metrics.errors.labels(model="m", version="1", type="queue_full").inc()
     text = metrics.render().decode()
 
     assert isinstance(metrics.render(), bytes)
     assert "# TYPE inference_engine_requests_total counter" in text
-    assert 'inference_engine_requests_total{model="m",route="predict",status="200"} 2.0' in text
+    assert 'inference_engine_requests_total{model="m",route="predict",status="200",version="1"} 2.0' in text
     assert "# TYPE inference_engine_batch_size histogram" in text
-    assert 'inference_engine_batch_size_bucket{le="1.0",model="m"} 1.0' in text
-    assert 'inference_engine_batch_size_bucket{le="4.0",model="m"} 1.0' in text
-    assert 'inference_engine_batch_size_bucket{le="6.0",model="m"} 2.0' in text
-    assert 'inference_engine_batch_size_bucket{le="+Inf",model="m"} 2.0' in text
-    assert 'inference_engine_batch_size_count{model="m"} 2.0' in text
-    assert 'inference_engine_batch_size_sum{model="m"} 6.0' in text
+    assert 'inference_engine_batch_size_bucket{le="1.0",model="m",version="1"} 1.0' in text
+    assert 'inference_engine_batch_size_bucket{le="4.0",model="m",version="1"} 1.0' in text
+    assert 'inference_engine_batch_size_bucket{le="6.0",model="m",version="1"} 2.0' in text
+    assert 'inference_engine_batch_size_bucket{le="+Inf",model="m",version="1"} 2.0' in text
+    assert 'inference_engine_batch_size_count{model="m",version="1"} 2.0' in text
+    assert 'inference_engine_batch_size_sum{model="m",version="1"} 6.0' in text
     assert "# TYPE inference_engine_queue_depth gauge" in text
-    assert 'inference_engine_queue_depth{model="m"} 7.0' in text
+    assert 'inference_engine_queue_depth{model="m",version="1"} 7.0' in text
     assert 'inference_engine_build_info{version="1.2.3"} 1.0' in text
-    assert 'inference_engine_errors_total{model="m",type="queue_full"} 1.0' in text
+    assert 'inference_engine_errors_total{model="m",type="queue_full",version="1"} 1.0' in text
     assert (
-        sample(metrics, "inference_engine_request_duration_seconds_count", model="m", route="predict") == 1.0
+        sample(
+            metrics,
+            "inference_engine_request_duration_seconds_count",
+            model="m",
+            version="1",
+            route="predict",
+        )
+        == 1.0
     )
 
 
@@ -103,36 +120,38 @@ def test_the_process_is_observable() -> None:
 def test_batch_size_buckets(bucket: str, expected: float) -> None:
     metrics = Metrics()
     for size in (8, 200, 1000):
-        metrics.batch_size.labels(model="m").observe(size)
+        metrics.batch_size.labels(model="m", version="1").observe(size)
 
-    assert sample(metrics, "inference_engine_batch_size_bucket", model="m", le=bucket) == expected
+    assert (
+        sample(metrics, "inference_engine_batch_size_bucket", model="m", version="1", le=bucket) == expected
+    )
 
 
 def test_model_ready_set_and_unset() -> None:
     metrics = Metrics()
-    ready = metrics.model_ready.labels(model="m")
+    ready = metrics.model_ready.labels(model="m", version="1")
 
     ready.set(1)
-    assert sample(metrics, "inference_engine_model_ready", model="m") == 1.0
+    assert sample(metrics, "inference_engine_model_ready", model="m", version="1") == 1.0
     ready.set(0)
-    assert sample(metrics, "inference_engine_model_ready", model="m") == 0.0
-    metrics.model_ready.remove("m")
-    assert sample(metrics, "inference_engine_model_ready", model="m") is None
+    assert sample(metrics, "inference_engine_model_ready", model="m", version="1") == 0.0
+    metrics.model_ready.remove("m", "1")
+    assert sample(metrics, "inference_engine_model_ready", model="m", version="1") is None
 
 
 def test_gauge_up_and_down() -> None:
     metrics = Metrics()
-    in_flight = metrics.in_flight.labels(model="m")
+    in_flight = metrics.in_flight.labels(model="m", version="1")
 
     in_flight.inc()
     in_flight.inc()
     in_flight.dec()
 
-    assert sample(metrics, "inference_engine_in_flight_requests", model="m") == 1.0
+    assert sample(metrics, "inference_engine_in_flight_requests", model="m", version="1") == 1.0
 
 
 def test_unobserved_labelled_metrics_have_no_samples() -> None:
     metrics = Metrics()
 
-    assert sample(metrics, "inference_engine_queue_depth", model="m") is None
+    assert sample(metrics, "inference_engine_queue_depth", model="m", version="1") is None
     assert "inference_engine_queue_depth{" not in metrics.render().decode()

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from inference_engine.answers import Route
 from inference_engine.errors import ModelLoadError, ModelNotFound, ModelNotReady
 from inference_engine.metrics import Metrics
 from inference_engine.models.loader import BrokenModel, scan_repository
 from inference_engine.registry import ModelRegistry
+from inference_engine.runtime import ModelState
 from inference_engine.settings import BatchingSettings
 from tests.repository import add_colour_model
 
@@ -24,12 +26,14 @@ def registry(tmp_path: Path, **kwargs: object) -> ModelRegistry:
 def test_lookups_name_the_model_or_404(tmp_path: Path) -> None:
     models = registry(tmp_path)
     assert models.default_model == "broken"  # the first by name when none is configured
-    assert models.model_name("colour") == "colour"
-    assert models.model_name("colour", "1") == "colour"
-    with pytest.raises(ModelNotFound, match="no version '2'"):
-        models.model_name("colour", "2")
+    models.runtime("colour", "1").state = ModelState.READY  # as if loaded (no batchers: not ready)
+    with pytest.raises(ModelNotReady, match="its batch loop is not running"):
+        models.route("colour")  # the traffic weights route only to ready versions
+    assert models.route("colour", "1") == Route("colour", "1")
+    with pytest.raises(ModelNotFound, match="no version '2' served"):
+        models.route("colour", "2")
     with pytest.raises(ModelNotFound, match=r"no model named 'x+\.\.\.' \(served: broken, colour\)"):
-        models.model_name("x" * 100)
+        models.route("x" * 100)
     with pytest.raises(ModelLoadError, match="is not a served model"):
         registry(tmp_path / "again", default_model="nope")
 
@@ -44,11 +48,14 @@ def test_state_before_anything_loads(tmp_path: Path) -> None:
     assert not meta.loaded and [t.name for t in meta.inputs] == ["image"] and meta.outputs == ()
     with pytest.raises(ModelNotReady):
         models.model_metadata("broken")  # no configuration to describe
-    statuses = {s.name: s for s in models.models()}
+    statuses = {s.name: s for s in models.models_status()}
     assert statuses["broken"].batching is None and statuses["colour"].batching is not None
-    assert [s["name"] for s in models.statistics()] == ["broken", "colour"]
+    assert [v.version for v in statuses["colour"].versions] == ["1"]
+    assert [s["name"] for s in models.statistics()] == ["colour"]  # a broken folder has no version
     with pytest.raises(ModelNotReady, match="is not ready: it is pending"):
-        models.admit("colour")
+        models.admit(Route("colour", "1"))
+    with pytest.raises(ModelNotReady, match="is not ready: it is pending"):
+        models.route("colour")  # no ready version to route to
     assert models.liveness() is None
 
 
@@ -58,7 +65,7 @@ def test_liveness_fails_only_past_the_recovery_limit(tmp_path: Path) -> None:
     runtime.failed_recoveries, runtime.error = 1, "out of memory"
     assert models.liveness() is None
     runtime.failed_recoveries = 2
-    assert models.liveness() == "model colour failed 2 reloads in a row (limit 2): out of memory"
+    assert models.liveness() == "model colour version 1 failed 2 reloads in a row (limit 2): out of memory"
     unlimited = registry(tmp_path / "unlimited", recovery_limit=0)
     unlimited.runtime("colour").failed_recoveries = 99
     assert unlimited.liveness() is None

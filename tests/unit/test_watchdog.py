@@ -62,7 +62,7 @@ async def test_a_hung_forward_pass_fails_its_requests_with_503_and_the_model_rel
     await wait_for_state(service, ModelState.READY)
     runtime = service.runtime("hangs")
     assert runtime.restarts == 1
-    assert metrics.watchdog_restarts.labels("hangs", "hung")._value.get() == 1
+    assert metrics.watchdog_restarts.labels("hangs", "1", "hung")._value.get() == 1
     result = await service.infer("hangs", GREEN, top_k=None, deadline=time.monotonic() + 5)
     assert result.body["predictions"][0]["label"] == "green"
 
@@ -78,7 +78,7 @@ async def test_a_dead_batch_loop_is_restarted(watched: tuple[InferenceService, M
     assert diagnose(runtime, 1.0) == ("loop_died", "its batch loop ended")
     await asyncio.sleep(0.2)
     await wait_for_state(service, ModelState.READY)
-    assert metrics.watchdog_restarts.labels("hangs", "loop_died")._value.get() == 1
+    assert metrics.watchdog_restarts.labels("hangs", "1", "loop_died")._value.get() == 1
     assert runtime.batchers["image"].alive
 
 
@@ -142,7 +142,7 @@ async def test_a_failed_reload_is_retried_and_too_many_fail_liveness(tmp_path: P
         assert runtime.state is ModelState.FAILED
         reason = service.liveness()
         assert reason is not None and "failed 2 reloads in a row" in reason and "memory" in reason
-        assert metrics.failed_recoveries.labels("hangs")._value.get() >= 2
+        assert metrics.failed_recoveries.labels("hangs", "1")._value.get() >= 2
         switch.unlink()  # the memory is free again: the next retry brings the model back
         await wait_for_state(service, ModelState.READY, within_s=5)
         assert service.liveness() is None and runtime.failed_recoveries == 0

@@ -15,12 +15,14 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inference_engine.api.errors import engine_error_response
-from inference_engine.errors import EngineError, RateLimited, Unauthorized
+from inference_engine.errors import EngineError, Forbidden, RateLimited, Unauthorized
 from inference_engine.ratelimit import Decision, RateLimiter
 from inference_engine.settings import AuthSettings
 
 # Probes and scrapers (kubelet, KServe/Triton-style V2 health checks, Prometheus) carry no key.
 OPERATIONAL_PATHS = frozenset({"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"})
+#: Model control (the V2 repository extension): with auth on, only admin keys.
+ADMIN_PREFIX = "/v2/repository"
 
 
 def hash_key(key: str) -> str:
@@ -31,8 +33,8 @@ def hash_key(key: str) -> str:
 class ApiKeys:
     """Checks a presented key against the configured digests in constant time."""
 
-    def __init__(self, settings: AuthSettings) -> None:
-        self._digests = [bytes.fromhex(d) for d in settings.api_key_hashes]
+    def __init__(self, digests: list[str]) -> None:
+        self._digests = [bytes.fromhex(d) for d in digests]
 
     def verify(self, key: str) -> str | None:
         """The key's digest when it is accepted, else ``None``."""
@@ -61,7 +63,8 @@ class AccessControlMiddleware:
     ) -> None:
         self.app = app
         self.auth = auth
-        self.keys = ApiKeys(auth)
+        self.keys = ApiKeys(auth.api_key_hashes + auth.admin_key_hashes)
+        self.admin_keys = ApiKeys(auth.admin_key_hashes)
         self.limiter = limiter
         self.enabled_auth = enabled_auth
 
@@ -78,6 +81,8 @@ class AccessControlMiddleware:
                 if digest is None:
                     self._limit(f"addr:{client}")  # failed attempts count against the address
                     raise Unauthorized("a valid API key is required (Authorization: Bearer <key>)")
+                if scope["path"].startswith(ADMIN_PREFIX) and self.admin_keys.verify(key or "") is None:
+                    raise Forbidden("model control needs an admin key (auth.admin_key_hashes)")
                 client = digest
             decision = None if operational else self._limit(client)
         except EngineError as exc:

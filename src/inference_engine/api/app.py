@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from fastapi import FastAPI
 
 from inference_engine import __version__
-from inference_engine.api import embeddings, health, playground, routes, v2
+from inference_engine.api import embeddings, health, playground, repository, routes, v2
 from inference_engine.api.access import AccessControlMiddleware
 from inference_engine.api.errors import install_error_handlers
 from inference_engine.api.middleware import RequestContextMiddleware
@@ -42,6 +42,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service.start()
+        service.control.start_polling(settings.server.repository_poll_s)
         watchdog.start()
         try:
             yield
@@ -75,6 +76,8 @@ def create_app(
     v2_router = v2.build_router(service, settings)
     app.include_router(v2_router)
     app.include_router(embeddings.build_router(service, settings))
+    control_router = repository.build_router(service, settings)
+    app.include_router(control_router)
     limiter = RateLimiter(settings.rate_limit) if settings.rate_limit.enabled else None
     # Added first, so it runs inside the request-context middleware (request ids on its errors).
     app.add_middleware(
@@ -86,6 +89,6 @@ def create_app(
         RequestContextMiddleware,
         metrics=metrics,
         access_log=settings.logging.access_log,
-        v2_routes=v2_router.routes,
+        v2_routes=[*v2_router.routes, *control_router.routes],
     )
     return app

@@ -69,17 +69,17 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
         call = InferenceCall(request, settings.server)
         raw = await call.body()
         body = await off_loop(len(raw), _parse, raw)
-        model = call.named(service.model_name(body.model))
+        route = call.routed(service.route(body.model, key=call.routing_key))
         inputs = _inputs(body)
-        known = service.model_metadata(model).embedding_dimension
+        known = service.model_metadata(route.model, route.version).embedding_dimension
         if body.dimensions is not None and known is not None and body.dimensions != known:
-            raise BadRequest(f"model {model} answers {known} dimensions, not {body.dimensions}")
+            raise BadRequest(f"model {route.model} answers {known} dimensions, not {body.dimensions}")
         if body.modality == "image":
             kinds: dict[str, Any] = {"images": [decode_base64_image(v, "input") for v in inputs]}
         else:
             kinds = {"texts": inputs}
         result = await call.answer(
-            service.embed(model, deadline=call.deadline, request_id=call.request_id, **kinds)
+            service.embed(route, deadline=call.deadline, request_id=call.request_id, **kinds)
         )
         size = len(result.vectors) * result.dimension * 4
         return await json_response(size, _answer, result, body, inputs)

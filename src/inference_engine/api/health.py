@@ -22,6 +22,14 @@ def model_summary(status: ModelStatus) -> dict[str, Any]:
     summary: dict[str, Any] = {"name": status.name, "state": status.state, "ready": status.ready}
     if status.error:
         summary["error"] = status.error
+    if status.version_policy is not None:
+        summary["version_policy"] = status.version_policy
+    if status.versions:
+        summary["versions"] = [
+            {"version": v.version, "state": v.state, "ready": v.ready, "traffic": round(v.traffic, 6),
+             "shadow": round(v.shadow, 6), **({"reason": v.reason} if v.reason else {})}
+            for v in status.versions
+        ]  # fmt: skip
     if status.batching is None:
         return summary
     summary.update(
@@ -91,7 +99,14 @@ def build_router(service: InferenceService, settings: Settings, metrics: Metrics
             return JSONResponse({"status": "not_ready", "models": {}, "reason": "no models"}, status_code=503)
         if not readiness.ready:
             return JSONResponse({"status": "not_ready", "models": readiness.not_ready}, status_code=503)
-        return JSONResponse({"status": "ready", "models": {name: "ready" for name in models}})
+        versions = {
+            s.name: {v.version: v.state if v.ready or v.state != "ready" else "not ready" for v in s.versions}
+            for s in service.models_status()
+            if s.versions
+        }
+        return JSONResponse(
+            {"status": "ready", "models": {name: "ready" for name in models}, "versions": versions}
+        )
 
     @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def metrics_text() -> Response:
@@ -105,7 +120,7 @@ def build_router(service: InferenceService, settings: Settings, metrics: Metrics
             "version": __version__,
             "env": settings.env,
             "default_model": service.default_model,
-            "models": [model_summary(status) for status in service.models()],
+            "models": [model_summary(status) for status in service.models_status()],
             "config": {
                 "model_repository": str(settings.model_repository),
                 "server": settings.server.model_dump(mode="json", exclude={"host", "port"}),
@@ -117,7 +132,7 @@ def build_router(service: InferenceService, settings: Settings, metrics: Metrics
 
     @router.get("/v1/models", summary="Served models and their state (also in OpenAI's list shape)")
     async def list_models() -> dict[str, Any]:
-        statuses = service.models()
+        statuses = service.models_status()
         return {
             "models": [model_summary(status) for status in statuses],
             # OpenAI's shape, so its clients can list what they may ask for.
@@ -131,7 +146,7 @@ def build_router(service: InferenceService, settings: Settings, metrics: Metrics
     @router.get("/v1/models/{name}", summary="One model: configuration, state, inputs and outputs")
     async def model_detail(name: str) -> dict[str, Any]:
         status = service.model_status(name)
-        if status.state == "failed":
+        if status.state in ("failed", "unloaded"):
             raise ModelNotReady(f"model {name} is not ready: {status.reason}")
         summary = model_summary(status)
         meta = service.model_metadata(name)

@@ -101,6 +101,8 @@ class RequestContextMiddleware:
                 response_started = True
                 headers = list(message.get("headers", []))
                 headers.append((b"x-request-id", ctx.request_id.encode("latin-1")))
+                if ctx.version is not None and status < 400:
+                    headers.append((b"x-model-version", ctx.version.encode("latin-1")))
                 own = {key.lower() for key, _ in headers if key.lower() in _OWN_HEADERS}
                 headers.extend(h for h in _SECURITY_HEADERS if h[0] not in own)
                 if not scope["path"].startswith(_CSP_EXEMPT) and _CSP[0] not in own:
@@ -122,11 +124,11 @@ class RequestContextMiddleware:
     def _finish(self, scope: Scope, ctx: RequestContext, status: int, elapsed: float) -> None:
         route = scope.get("route")
         route_path: str = getattr(route, "path", None) or "unmatched"
-        model = ctx.model or ""
-        self.metrics.requests.labels(model, route_path, str(status)).inc()
-        self.metrics.request_duration.labels(model, route_path).observe(elapsed)
+        model, version = ctx.model or "", ctx.version or ""
+        self.metrics.requests.labels(model, version, route_path, str(status)).inc()
+        self.metrics.request_duration.labels(model, version, route_path).observe(elapsed)
         if ctx.error is not None:
-            self.metrics.errors.labels(model, ctx.error).inc()
+            self.metrics.errors.labels(model, version, ctx.error).inc()
         if not self.access_log or (route_path in OPERATIONAL_PATHS and status < 400):
             return
         fields: dict[str, Any] = {
@@ -137,6 +139,8 @@ class RequestContextMiddleware:
         }
         if ctx.model:
             fields["model"] = ctx.model
+        if ctx.version:
+            fields["version"] = ctx.version
         if ctx.batch_size is not None:
             fields["batch_size"] = ctx.batch_size
         if ctx.error is not None:

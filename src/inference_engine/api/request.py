@@ -21,6 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
+from inference_engine.answers import Route
 from inference_engine.api.payload import capped_stream
 from inference_engine.errors import BadRequest, ClientDisconnected, DeadlineExceeded
 from inference_engine.logging import RequestContext, current_request
@@ -29,6 +30,8 @@ from inference_engine.settings import ServerSettings
 T = TypeVar("T")
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
+ROUTING_KEY_HEADER = "x-routing-key"
+MAX_ROUTING_KEY = 256
 #: Below this size parsing or encoding on the event loop (with orjson: about 3 ms a MiB of
 #: numbers) costs less than the hop to a thread and back.
 OFF_LOOP_BYTES = 256 * 1024
@@ -37,6 +40,9 @@ OFF_LOOP_BYTES = 256 * 1024
 class Batched(Protocol):
     @property
     def batch_size(self) -> int: ...
+
+    @property
+    def model_version(self) -> str: ...
 
 
 B = TypeVar("B", bound=Batched)
@@ -104,10 +110,19 @@ class InferenceCall:
     def request_id(self) -> str:
         return self.ctx.request_id
 
-    def named(self, model: str) -> str:
-        """Record the (known) model this request is for; it becomes a metric label."""
-        self.ctx.model = model
-        return model
+    def routed(self, route: Route) -> Route:
+        """Record the (known) model and version this request goes to; they become metric labels
+        and the ``X-Model-Version`` header."""
+        self.ctx.model, self.ctx.version = route.model, route.version
+        return route
+
+    @property
+    def routing_key(self) -> str | None:
+        """``X-Routing-Key``: requests with the same key go to the same version (sticky A/B)."""
+        key = self.request.headers.get(ROUTING_KEY_HEADER)
+        if key is not None and len(key) > MAX_ROUTING_KEY:
+            raise BadRequest(f"X-Routing-Key must be at most {MAX_ROUTING_KEY} characters")
+        return key or None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.ctx.started
@@ -133,6 +148,7 @@ class InferenceCall:
         """The service's result, cancelled if the client disconnects first; its batch size noted."""
         result = await until_disconnect(work, self.request.receive)
         self.ctx.batch_size = result.batch_size
+        self.ctx.version = result.model_version  # re-routed if its version retired meanwhile
         return result
 
 

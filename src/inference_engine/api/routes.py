@@ -64,7 +64,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text}
     for code, text in {
         400: "Malformed request",
-        404: "Unknown model",
+        404: "Unknown model or version",
         413: "Body too large",
         415: "Not a supported image",
         422: "Invalid image or parameter",
@@ -152,11 +152,16 @@ def build_router(
     server = settings.server
 
     async def predict(
-        name: str | None, request: Request, top_k: int | None, query_labels: list[str] | None
+        name: str | None,
+        request: Request,
+        top_k: int | None,
+        query_labels: list[str] | None,
+        version: str | None = None,
     ) -> Response:
         call = InferenceCall(request, server)
-        model = call.named(service.model_name(name))  # 404 before reading a body for an unknown model
-        service.admit(model)  # 503 before reading it when the model cannot take it
+        # 404 before reading a body for an unknown model or version; 503 when it cannot take it.
+        route = call.routed(service.route(name, version, call.routing_key))
+        service.admit(route)
         body = await call.read(
             read_image_request(request, server.max_body_bytes, fetcher),
             "the image did not arrive within the request deadline",
@@ -164,7 +169,7 @@ def build_router(
         labels = body.labels if body.labels is not None else labels_from_query(query_labels)
         prediction = await call.answer(
             service.infer(
-                model,
+                route,
                 body.data,
                 top_k=top_k,
                 deadline=call.deadline,
@@ -187,6 +192,18 @@ def build_router(
         return await predict(name, request, top_k, labels)
 
     @router.post(
+        "/v1/models/{name}/versions/{version}/predict",
+        summary="Classify an image with one version of the named model",
+        openapi_extra=_IMAGE_BODY,
+        responses=_ERRORS,
+        response_model=dict[str, Any],
+    )
+    async def predict_version(
+        name: str, version: str, request: Request, top_k: TopK = None, labels: Labels = None
+    ) -> Response:
+        return await predict(name, request, top_k, labels, version)
+
+    @router.post(
         "/predict",
         summary="Classify an image with the default model",
         openapi_extra=_IMAGE_BODY,
@@ -203,17 +220,17 @@ def build_router(
         responses=_ERRORS,
         response_model=dict[str, Any],
     )
-    async def embed(name: str, request: Request) -> Response:
+    async def embed(name: str, request: Request, version: str | None = None) -> Response:
         call = InferenceCall(request, server)
-        model = call.named(service.model_name(name))
-        service.admit(model)
+        route = call.routed(service.route(name, version, call.routing_key))
+        service.admit(route)
         body = await call.read(
             read_embed_request(request, server.max_body_bytes, server.max_items_per_request),
             "the inputs did not arrive within the request deadline",
         )
         embeddings = await call.answer(
             service.embed(
-                model,
+                route,
                 images=body.images,
                 texts=body.texts,
                 deadline=call.deadline,
@@ -223,4 +240,13 @@ def build_router(
         size = len(embeddings.vectors) * embeddings.dimension * 4
         return await json_response(size, format_embeddings, embeddings, call.request_id, call.elapsed())
 
+    router.add_api_route(
+        "/v1/models/{name}/versions/{version}/embed",
+        embed,
+        methods=["POST"],
+        summary="Embeddings from one version of the named model",
+        openapi_extra=_EMBED_BODY,
+        responses=_ERRORS,
+        response_model=dict[str, Any],
+    )
     return router

@@ -51,7 +51,7 @@ def metadata_body(meta: ModelMetadata) -> dict[str, Any]:
     inputs = [image, *([meta.tensor_input] if meta.tensor_input else []), *texts]
     return {
         "name": meta.name,
-        "versions": [meta.version],
+        "versions": list(meta.versions) or [meta.version],
         "platform": meta.platform,
         "inputs": [tensor(t, described=False) for t in inputs],
         "outputs": [tensor(t, described=False) for t in meta.outputs],
@@ -204,21 +204,20 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
 
     async def infer(name: str, request: Request, version: str | None = None) -> Response:
         call = InferenceCall(request, settings.server)
-        model = call.named(service.model_name(name, version))
-        service.admit(model, version)
+        route = call.routed(service.route(name, version, call.routing_key))
+        service.admit(route)
         body = await call.body()
         decoded, rows_kwargs = await off_loop(len(body), decode, body, request.headers.get(HEADER_LENGTH))
         outputs = [w.name for w in decoded.outputs] if decoded.outputs else None
         rows = await call.answer(
             service.run_rows(
-                model, deadline=call.deadline, request_id=call.request_id, outputs=outputs, version=version,
-                **rows_kwargs,
+                route, deadline=call.deadline, request_id=call.request_id, outputs=outputs, **rows_kwargs
             )
-        )  # fmt: skip
+        )
         size = sum(array.nbytes for array in rows.tensors.values())
         return await off_loop(size, encode, decoded, rows)
 
-    # Each route twice: for the model, and for one version of it (the only one served).
+    # Each route twice: for the model (its traffic weights choose the version), and one version.
     versioned = "/v2/models/{name}/versions/{version}"
     router.add_api_route(versioned, metadata, methods=["GET"], summary="Model metadata (one version)")
     router.add_api_route(

@@ -88,8 +88,10 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         tracer: trace.Tracer | None = None,
         on_batch: Callable[[int, float, list[float]], None] | None = None,
         eager: bool = False,
+        version: str = "1",
     ) -> None:
         self.model = model
+        self.version = version
         # eager: close a batch early when the queue is empty and no announced input is on its
         # way (see incoming()); otherwise a batch always waits out max_batch_delay_ms.
         self._eager = eager
@@ -99,7 +101,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         self._tracer = tracer or trace.NoOpTracer()
         self._instances = list(instances)
         self._metrics = metrics
-        depth_gauge = metrics.queue_depth.labels(model)
+        depth_gauge = metrics.queue_depth.labels(model, version)
         self._queue: BatchQueue[ItemT] = BatchQueue(policy.max_queue_size, depth_gauge.set)
         self._tasks: list[asyncio.Task[None]] = []
         # Per loop, the items it has taken off the queue: the batch it forms or runs. Out of
@@ -231,10 +233,10 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         self._progress.set()
         if item.future.done():  # cancelled: the client went away, or gave up at its deadline
             reason = "deadline" if time.monotonic() >= item.deadline else "cancelled"
-            self._metrics.dropped.labels(self.model, reason).inc()
+            self._metrics.dropped.labels(self.model, self.version, reason).inc()
             return False
         if time.monotonic() >= item.deadline:
-            self._metrics.dropped.labels(self.model, "deadline").inc()
+            self._metrics.dropped.labels(self.model, self.version, "deadline").inc()
             _set_exception(item, DeadlineExceeded("the request's deadline passed while it was queued"))
             return False
         return True
@@ -296,7 +298,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         started = time.monotonic()
         waits = [started - item.enqueued_at for item in batch]
         for wait in waits:
-            self._metrics.queue_wait.labels(self.model).observe(wait)
+            self._metrics.queue_wait.labels(self.model, self.version).observe(wait)
         try:
             outputs = await worker.call(predict, [item.payload for item in batch])
             if len(outputs) != len(batch):
@@ -309,7 +311,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
                 _set_exception(item, error)
             raise
         except BaseException as exc:  # SystemExit from a model must not end the loop
-            self._metrics.batch_failures.labels(self.model).inc()
+            self._metrics.batch_failures.labels(self.model, self.version).inc()
             span.record_exception(exc)
             span.set_status(trace.StatusCode.ERROR, type(exc).__name__)
             logger.exception(
@@ -324,8 +326,8 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
                 _set_exception(item, failure)
             return
         elapsed = time.monotonic() - started
-        self._metrics.inference_duration.labels(self.model).observe(elapsed)
-        self._metrics.batch_size.labels(self.model).observe(len(batch))
+        self._metrics.inference_duration.labels(self.model, self.version).observe(elapsed)
+        self._metrics.batch_size.labels(self.model, self.version).observe(len(batch))
         if self._on_batch is not None:
             self._on_batch(len(batch), elapsed, waits)
         rate = len(batch) / elapsed if elapsed > 0 else 0.0

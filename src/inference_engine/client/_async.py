@@ -84,35 +84,57 @@ class AsyncInferenceClient:
         model: str | None = None,
         top_k: int | None = None,
         labels: Iterable[str] | None = None,
+        version: str | None = None,
+        routing_key: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
         request_id: str | None = None,
     ) -> Prediction:
         """Classify one image (with the server's default model when ``model`` is None).
 
         ``labels`` asks a zero-shot model (CLIP) to rank these labels instead of its own classes.
+        ``version`` pins the model's version (it needs ``model``); without it the server picks one
+        by the model's traffic weights, the same one for every call with the same ``routing_key``
+        (sent as ``X-Routing-Key``). ``Prediction.model_version`` says which version answered.
         """
-        spec = _core.predict_request(image, model=model, top_k=top_k, labels=labels)
-        return Prediction.from_json(await self._json(spec, timeout, request_id))
+        spec = _core.predict_request(
+            image, model=model, top_k=top_k, labels=labels, version=version, routing_key=routing_key
+        )
+        response = await self._send(spec, timeout, request_id)
+        return Prediction.from_json(
+            _core.decode_json(response), header_version=_core.answered_version(response)
+        )
 
     async def embed_images(
         self,
         images: Iterable[ImageInput],
         *,
         model: str,
+        version: str | None = None,
+        routing_key: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Embeddings:
-        """One embedding per image, in order, from a model that embeds images."""
-        return Embeddings.from_json(await self._json(_core.embed_request(model, images=images), timeout))
+        """One embedding per image, in order, from a model that embeds images.
+
+        ``version`` and ``routing_key`` choose the model's version as for :meth:`predict`.
+        """
+        spec = _core.embed_request(model, images=images, version=version, routing_key=routing_key)
+        return await self._embeddings(spec, timeout)
 
     async def embed_texts(
         self,
         texts: Iterable[str],
         *,
         model: str,
+        version: str | None = None,
+        routing_key: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> Embeddings:
-        """One embedding per text, in order, from a model with a text tower (CLIP)."""
-        return Embeddings.from_json(await self._json(_core.embed_request(model, texts=texts), timeout))
+        """One embedding per text, in order, from a model with a text tower (CLIP).
+
+        ``version`` and ``routing_key`` choose the model's version as for :meth:`predict`.
+        """
+        spec = _core.embed_request(model, texts=texts, version=version, routing_key=routing_key)
+        return await self._embeddings(spec, timeout)
 
     async def health(self, *, timeout: float | None = None) -> dict[str, Any]:  # noqa: ASYNC109
         """``GET /health``; raises unless the process answers HTTP. Bypasses the breaker."""
@@ -130,6 +152,12 @@ class AsyncInferenceClient:
     async def model(self, name: str, *, timeout: float | None = None) -> ModelInfo:  # noqa: ASYNC109
         """``GET /v1/models/{name}``: one model, with its inputs, outputs and labels count."""
         return ModelInfo.from_json(await self._json(_core.model_request(name), timeout))
+
+    async def _embeddings(self, spec: RequestSpec, budget: float | None) -> Embeddings:
+        response = await self._send(spec, budget, None)
+        return Embeddings.from_json(
+            _core.decode_json(response), header_version=_core.answered_version(response)
+        )
 
     async def _json(self, spec: RequestSpec, budget: float | None, request_id: str | None = None) -> Any:
         return _core.decode_json(await self._send(spec, budget, request_id))

@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 ImageInput = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes], "Image.Image"]
 
 TIMEOUT_HEADER = "X-Request-Timeout-Ms"
+#: Requests with the same key go to the same version of a model (while its weights hold).
+ROUTING_KEY_HEADER = "X-Routing-Key"
+#: The version that answered, on every inference answer (the JSON's ``model_version`` too).
+MODEL_VERSION_HEADER = "X-Model-Version"
 #: Failures where nothing reached the server, so sending again cannot run the work twice.
 _SAFE_TO_RETRY = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 #: The connection broke before the answer came (reset, closed, a write that failed): the server
@@ -103,33 +107,95 @@ def _json_body(document: Any) -> tuple[bytes, dict[str, str]]:
     return json.dumps(document, separators=(",", ":")).encode(), {"Content-Type": "application/json"}
 
 
+def model_path(model: str, action: str, version: str | None = None) -> str:
+    """``/v1/models/{model}/{action}``, or ``/v1/models/{model}/versions/{version}/{action}``.
+
+    Both names are quoted whole (a ``/`` becomes ``%2F``). A version of ``""``, ``.`` or ``..``
+    is refused: the URL would be normalised to another route (``..`` to the unpinned one).
+    """
+    path = f"/v1/models/{quote(model, safe='')}"
+    if version is not None:
+        if version in ("", ".", ".."):
+            raise ValueError(f"version {version!r} is not a version name")
+        path += f"/versions/{quote(version, safe='')}"
+    return f"{path}/{action}"
+
+
+def routing_headers(routing_key: str | None) -> dict[str, str]:
+    """``X-Routing-Key`` when a key is given; it must be printable ASCII to travel as a header."""
+    if routing_key is None:
+        return {}
+    if not all(" " <= c <= "~" for c in routing_key):
+        raise ValueError(
+            f"routing_key must be a str of printable ASCII characters (hash or encode it first), "
+            f"not {routing_key!r:.60}"
+        )
+    return {ROUTING_KEY_HEADER: routing_key}
+
+
 def predict_request(
-    image: ImageInput, *, model: str | None, top_k: int | None, labels: Iterable[str] | None
+    image: ImageInput,
+    *,
+    model: str | None,
+    top_k: int | None,
+    labels: Iterable[str] | None,
+    version: str | None = None,
+    routing_key: str | None = None,
 ) -> RequestSpec:
-    """``POST /predict`` or ``/v1/models/{model}/predict``; JSON when ``labels`` asks for zero-shot."""
+    """``POST /predict``, ``/v1/models/{model}/predict`` or ``.../versions/{version}/predict``;
+    JSON when ``labels`` asks for zero-shot."""
+    if model is None:
+        if version is not None:
+            raise ValueError(
+                f"version={version!r} needs model=: the default model's route (/predict) cannot pin a version"
+            )
+        path = "/predict"
+    else:
+        path = model_path(model, "predict", version)
+    routing = routing_headers(routing_key)
     data = encode_image(image)
-    path = "/predict" if model is None else f"/v1/models/{quote(model, safe='')}/predict"
     if labels is not None:
         content, headers = _json_body({"image": _b64(data), "labels": list(labels)})
     else:  # the raw body: no base64 inflation, no multipart parsing on the server
         content, headers = data, {"Content-Type": "application/octet-stream"}
     params = {"top_k": top_k} if top_k is not None else None
     return RequestSpec(
-        "POST", path, params=params, content=content, headers=headers, deadline=True, idempotent=True
+        "POST",
+        path,
+        params=params,
+        content=content,
+        headers={**headers, **routing},
+        deadline=True,
+        idempotent=True,
     )
 
 
 def embed_request(
-    model: str, *, images: Iterable[ImageInput] | None = None, texts: Iterable[str] | None = None
+    model: str,
+    *,
+    images: Iterable[ImageInput] | None = None,
+    texts: Iterable[str] | None = None,
+    version: str | None = None,
+    routing_key: str | None = None,
 ) -> RequestSpec:
-    """``POST /v1/models/{model}/embed`` with ``{"images": [...]}`` or ``{"texts": [...]}``."""
+    """``POST /v1/models/{model}[/versions/{version}]/embed`` with ``{"images": [...]}`` or
+    ``{"texts": [...]}``."""
+    path = model_path(model, "embed", version)
+    routing = routing_headers(routing_key)
     if images is not None:
         document: dict[str, list[str]] = {"images": [_b64(encode_image(i)) for i in images]}
     else:
         document = {"texts": [str(t) for t in texts or ()]}
     content, headers = _json_body(document)
-    path = f"/v1/models/{quote(model, safe='')}/embed"
-    return RequestSpec("POST", path, content=content, headers=headers, deadline=True, idempotent=True)
+    return RequestSpec(
+        "POST", path, content=content, headers={**headers, **routing}, deadline=True, idempotent=True
+    )
+
+
+def answered_version(response: httpx.Response) -> str | None:
+    """The ``X-Model-Version`` header: which version answered, when the body does not say."""
+    version: str | None = response.headers.get(MODEL_VERSION_HEADER)
+    return version
 
 
 @dataclass(frozen=True)

@@ -76,25 +76,57 @@ class InferenceClient:
         model: str | None = None,
         top_k: int | None = None,
         labels: Iterable[str] | None = None,
+        version: str | None = None,
+        routing_key: str | None = None,
         timeout: float | None = None,
         request_id: str | None = None,
     ) -> Prediction:
         """Classify one image (with the server's default model when ``model`` is None).
 
         ``labels`` asks a zero-shot model (CLIP) to rank these labels instead of its own classes.
+        ``version`` pins the model's version (it needs ``model``); without it the server picks one
+        by the model's traffic weights, the same one for every call with the same ``routing_key``
+        (sent as ``X-Routing-Key``). ``Prediction.model_version`` says which version answered.
         """
-        spec = _core.predict_request(image, model=model, top_k=top_k, labels=labels)
-        return Prediction.from_json(self._json(spec, timeout, request_id))
+        spec = _core.predict_request(
+            image, model=model, top_k=top_k, labels=labels, version=version, routing_key=routing_key
+        )
+        response = self._send(spec, timeout, request_id)
+        return Prediction.from_json(
+            _core.decode_json(response), header_version=_core.answered_version(response)
+        )
 
     def embed_images(
-        self, images: Iterable[ImageInput], *, model: str, timeout: float | None = None
+        self,
+        images: Iterable[ImageInput],
+        *,
+        model: str,
+        version: str | None = None,
+        routing_key: str | None = None,
+        timeout: float | None = None,
     ) -> Embeddings:
-        """One embedding per image, in order, from a model that embeds images."""
-        return Embeddings.from_json(self._json(_core.embed_request(model, images=images), timeout))
+        """One embedding per image, in order, from a model that embeds images.
 
-    def embed_texts(self, texts: Iterable[str], *, model: str, timeout: float | None = None) -> Embeddings:
-        """One embedding per text, in order, from a model with a text tower (CLIP)."""
-        return Embeddings.from_json(self._json(_core.embed_request(model, texts=texts), timeout))
+        ``version`` and ``routing_key`` choose the model's version as for :meth:`predict`.
+        """
+        spec = _core.embed_request(model, images=images, version=version, routing_key=routing_key)
+        return self._embeddings(spec, timeout)
+
+    def embed_texts(
+        self,
+        texts: Iterable[str],
+        *,
+        model: str,
+        version: str | None = None,
+        routing_key: str | None = None,
+        timeout: float | None = None,
+    ) -> Embeddings:
+        """One embedding per text, in order, from a model with a text tower (CLIP).
+
+        ``version`` and ``routing_key`` choose the model's version as for :meth:`predict`.
+        """
+        spec = _core.embed_request(model, texts=texts, version=version, routing_key=routing_key)
+        return self._embeddings(spec, timeout)
 
     def health(self, *, timeout: float | None = None) -> dict[str, Any]:
         """``GET /health``; raises unless the process answers HTTP. Bypasses the breaker."""
@@ -112,6 +144,12 @@ class InferenceClient:
     def model(self, name: str, *, timeout: float | None = None) -> ModelInfo:
         """``GET /v1/models/{name}``: one model, with its inputs, outputs and labels count."""
         return ModelInfo.from_json(self._json(_core.model_request(name), timeout))
+
+    def _embeddings(self, spec: RequestSpec, timeout: float | None) -> Embeddings:
+        response = self._send(spec, timeout, None)
+        return Embeddings.from_json(
+            _core.decode_json(response), header_version=_core.answered_version(response)
+        )
 
     def _json(self, spec: RequestSpec, timeout: float | None, request_id: str | None = None) -> Any:
         return _core.decode_json(self._send(spec, timeout, request_id))

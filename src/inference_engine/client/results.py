@@ -36,7 +36,11 @@ class ScoredLabel:
 
 @dataclass(frozen=True)
 class Prediction:
-    """A classification (or zero-shot) answer, best prediction first."""
+    """A classification (or zero-shot) answer, best prediction first.
+
+    ``model_version`` is the version that answered: the one pinned with ``version=``, or the one
+    the server's traffic weights (and the routing key) chose.
+    """
 
     model: str
     model_version: str | None
@@ -59,7 +63,8 @@ class Prediction:
         return self.predictions[0] if self.predictions else None
 
     @classmethod
-    def from_json(cls, body: Any) -> Prediction:
+    def from_json(cls, body: Any, *, header_version: str | None = None) -> Prediction:
+        """``header_version`` (``X-Model-Version``) stands in when the body has no ``model_version``."""
         model = _require(body, "model", str, "prediction")
         items = body.get("predictions", [])
         predictions: list[ScoredLabel] = []
@@ -74,6 +79,7 @@ class Prediction:
                     )
                 )
         version = body.get("model_version")
+        version = header_version if version is None else version
         return cls(
             model=model,
             model_version=None if version is None else str(version),
@@ -86,7 +92,7 @@ class Prediction:
 
 @dataclass(frozen=True)
 class Embeddings:
-    """One L2-normalised vector per input, in the order sent."""
+    """One L2-normalised vector per input, in the order sent; ``model_version`` answered them."""
 
     model: str
     model_version: str | None
@@ -98,12 +104,14 @@ class Embeddings:
     raw: dict[str, Any] = field(repr=False, compare=False)
 
     @classmethod
-    def from_json(cls, body: Any) -> Embeddings:
+    def from_json(cls, body: Any, *, header_version: str | None = None) -> Embeddings:
+        """``header_version`` (``X-Model-Version``) stands in when the body has no ``model_version``."""
         model = _require(body, "model", str, "embedding")
         vectors = _require(body, "embeddings", list, "embedding")
         if not all(isinstance(v, list) for v in vectors):
             raise InvalidResponse("the embedding answer's 'embeddings' is not a list of vectors")
         version = body.get("model_version")
+        version = header_version if version is None else version
         dimension = body.get("dimension")
         return cls(
             model=model,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class PreprocessingConfig(BaseModel):
@@ -53,7 +53,8 @@ class _ModelFields(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
     """Name used in URLs (``/v1/models/{name}/predict``); must match the folder name."""
     version: str = "1"
-    """Version reported with every answer."""
+    """Version reported with every answer, for a folder without numbered version folders (with
+    them, each version is its folder's name and this key is refused)."""
     handler: str
     """A built-in handler name, or ``model.py:ClassName`` for a custom handler in the folder."""
     backend: Literal["torch", "onnx"] = "torch"
@@ -81,8 +82,60 @@ class _ModelFields(BaseModel):
     """Handler-specific settings."""
 
 
+class VersionPolicy(BaseModel):
+    """Which numbered version folders are served (Triton's three policies; one of them)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    latest: int | None = Field(None, ge=1)
+    """Serve the newest N versions."""
+    all: bool = False
+    """Serve every version."""
+    specific: list[int] | None = Field(None, min_length=1)
+    """Serve exactly these versions."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_word(cls, value: Any) -> Any:
+        return {"all": True} if value == "all" else value
+
+    @model_validator(mode="after")
+    def _one_policy(self) -> VersionPolicy:
+        chosen = [self.latest is not None, self.all, self.specific is not None]
+        if sum(chosen) > 1:
+            raise ValueError("give one of latest, all or specific")
+        if not any(chosen):
+            self.latest = 1
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        """The versions to serve out of ``available``, oldest first."""
+        ordered = sorted(available)
+        if self.all:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in set(self.specific)]
+        return ordered[-(self.latest or 1) :]
+
+    def describe(self) -> str:
+        if self.all:
+            return "all"
+        if self.specific is not None:
+            return "specific: " + ", ".join(str(v) for v in self.specific)
+        return f"latest: {self.latest}"
+
+
 class ModelFile(_ModelFields):
     """The schema of ``models/<name>/model.yaml``."""
+
+    version_policy: VersionPolicy = Field(default_factory=VersionPolicy)
+    """Which numbered version folders are served: ``{latest: N}``, ``all`` or ``{specific: [..]}``."""
+    traffic: dict[str, float] | None = None
+    """Weights of the served versions for requests that name none (``{"1": 90, "2": 10}``);
+    default: every request to the newest version."""
+    shadow: dict[str, float] | None = None
+    """Percentage of the model's traffic copied to a version as well (``{"2": 100}``); the
+    caller gets only the primary answer, and their agreement is exported as metrics."""
 
     max_batch_size: int | None = Field(None, ge=1, le=4096)
     """Overrides ``batching.max_batch_size`` for this model."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from inference_engine.models.classifier import EfficientNetLiteClassifier, Torch
 from inference_engine.models.clip import ClipHandler
 from inference_engine.models.flava import FlavaClassifier
 from inference_engine.models.onnx_backend import OnnxImageModel
+from inference_engine.models.versions import ServingPlan, check_version_file, merged_settings, version_folders
 from inference_engine.settings import BatchingSettings
 
 HandlerClass = type[ModelHandler[Any, Any]]
@@ -43,15 +44,21 @@ _CONTRACT = {"load": 1, "preprocess": 1, "predict": 1, "postprocess": 1}
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A validated model folder: its config (batching resolved) and its handler class."""
+    """One validated model version: its folder, config (batching resolved), handler class, and
+    the plan its model's requests follow."""
 
     directory: Path
     config: ModelConfig
     handler_class: HandlerClass
+    plan: ServingPlan = field(default_factory=ServingPlan)
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    @property
+    def version(self) -> str:
+        return self.config.version
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,8 @@ class BrokenModel:
     name: str
     directory: Path
     error: str
+    version: str | None = None  # None: the model's shared model.yaml is wrong, no version serves
+    plan: ServingPlan | None = None
 
 
 def discover(repository: Path) -> list[Path]:
@@ -71,8 +80,14 @@ def discover(repository: Path) -> list[Path]:
 
 
 def read_config(directory: Path, defaults: BatchingSettings) -> ModelConfig:
-    """Parse and validate ``directory/model.yaml``, filling batching values from ``defaults``."""
+    """Parse and validate an unversioned ``directory/model.yaml``, batching from ``defaults``."""
     path = directory / MODEL_FILE
+    raw = _read_yaml(path)
+    raw.setdefault("name", directory.name)
+    return settle(validate_file(raw, path, directory), defaults)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -81,7 +96,11 @@ def read_config(directory: Path, defaults: BatchingSettings) -> ModelConfig:
         raise ModelLoadError(f"{path}: cannot read: {exc.strerror}") from None
     if not isinstance(raw, dict):
         raise ModelLoadError(f"{path}: must be a mapping of settings")
-    raw.setdefault("name", directory.name)
+    return raw
+
+
+def validate_file(raw: dict[str, Any], path: Path, directory: Path) -> ModelFile:
+    """``raw`` as a :class:`ModelFile`; errors name ``path`` and every wrong key."""
     try:
         config = ModelFile.model_validate(raw)
     except ValidationError as exc:
@@ -93,7 +112,12 @@ def read_config(directory: Path, defaults: BatchingSettings) -> ModelConfig:
         raise ModelLoadError(f"{path}: {problems}") from None
     if config.name != directory.name:
         raise ModelLoadError(f"{path}: name {config.name!r} must match the folder name {directory.name!r}")
-    settled = config.model_dump(exclude_unset=True)
+    return config
+
+
+def settle(config: ModelFile, defaults: BatchingSettings) -> ModelConfig:
+    """The resolved configuration: batching keys left out take the server's defaults."""
+    settled = config.model_dump(exclude_unset=True, exclude={"version_policy", "traffic", "shadow"})
     settled["max_batch_size"] = config.max_batch_size or defaults.max_batch_size
     settled["max_batch_delay_ms"] = (
         defaults.max_batch_delay_ms if config.max_batch_delay_ms is None else config.max_batch_delay_ms
@@ -102,12 +126,20 @@ def read_config(directory: Path, defaults: BatchingSettings) -> ModelConfig:
     return ModelConfig.model_validate(settled)
 
 
-def resolve_handler(directory: Path, handler: str, backend: str = "torch") -> HandlerClass:
+def resolve_handler(
+    directory: Path,
+    handler: str,
+    backend: str = "torch",
+    *,
+    shared: Path | None = None,
+    module_name: str | None = None,
+) -> HandlerClass:
     """A built-in handler by name, or ``model.py[:Class]`` from the folder; contract checked.
 
     With ``backend: onnx`` a built-in name only names the model family: the exported graph
     carries the architecture, so every built-in runs as :class:`OnnxImageModel`. A custom
-    ``model.py`` class is the user's own and is returned whatever the backend.
+    ``model.py`` class is the user's own and is returned whatever the backend. A version's
+    folder may carry its own ``model.py``; else the model folder's (``shared``) is used.
     """
     if handler in BUILTIN_HANDLERS:
         return OnnxImageModel if backend == "onnx" else BUILTIN_HANDLERS[handler]
@@ -117,7 +149,10 @@ def resolve_handler(directory: Path, handler: str, backend: str = "torch") -> Ha
         raise ModelLoadError(
             f"{directory}: unknown handler {handler!r}; use one of {known} or 'model.py:ClassName'"
         )
-    module = _import_file(directory, directory / file_name)
+    source = directory / file_name
+    if not source.is_file() and shared is not None and (shared / file_name).is_file():
+        source = shared / file_name
+    module = _import_file(directory, source, module_name or directory.name)
     candidates = {
         name: obj
         for name, obj in vars(module).items()
@@ -171,10 +206,10 @@ def check_contract(directory: Path, cls: HandlerClass) -> None:
         raise ModelLoadError(f"{directory}: {cls.__name__}.postprocess must accept the keyword top_k")
 
 
-def _import_file(directory: Path, path: Path) -> Any:
+def _import_file(directory: Path, path: Path, name: str) -> Any:
     if not path.is_file():
         raise ModelLoadError(f"{directory}: handler file {path.name} does not exist")
-    module_name = f"inference_engine_user_models.{directory.name}"
+    module_name = f"inference_engine_user_models.{name}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
         raise ModelLoadError(f"{directory}: cannot import {path.name}")
@@ -193,7 +228,8 @@ def _import_file(directory: Path, path: Path) -> Any:
 def scan_repository(
     repository: Path, defaults: BatchingSettings, only: list[str] | None = None
 ) -> tuple[list[ModelSpec], list[BrokenModel]]:
-    """Validate every selected model folder; broken ones are returned, not raised."""
+    """Validate every selected model folder, one spec per served version; broken ones are
+    returned, not raised."""
     folders = {p.name: p for p in discover(repository)}
     if only:
         unknown = [name for name in only if name not in folders]
@@ -205,11 +241,63 @@ def scan_repository(
         folders = {name: folders[name] for name in only}
     specs: list[ModelSpec] = []
     broken: list[BrokenModel] = []
-    for name, directory in sorted(folders.items()):
-        try:
-            config = read_config(directory, defaults)
-            handler_class = resolve_handler(directory, config.handler, config.backend)
-            specs.append(ModelSpec(directory, config, handler_class))
-        except ModelLoadError as exc:
-            broken.append(BrokenModel(name, directory, str(exc)))
+    for _, directory in sorted(folders.items()):
+        found, failed = scan_model(directory, defaults)
+        specs.extend(found)
+        broken.extend(failed)
     return specs, broken
+
+
+def scan_model(directory: Path, defaults: BatchingSettings) -> tuple[list[ModelSpec], list[BrokenModel]]:
+    """One model folder: a spec per version its policy serves, or why each cannot be served.
+
+    A problem with the shared ``model.yaml`` (or the traffic it asks for) breaks the whole
+    model: one :class:`BrokenModel` without a version. A problem in one version's folder
+    breaks only that version.
+    """
+    path = directory / MODEL_FILE
+    try:
+        raw = _read_yaml(path)
+        raw.setdefault("name", directory.name)
+        shared = validate_file(raw, path, directory)
+        folders = version_folders(directory)
+        if not folders:
+            config = settle(shared, defaults)
+            plan = ServingPlan.build(shared, [config.version], path)
+            return [_spec(directory, config, plan)], []
+        if "version" in raw:
+            raise ModelLoadError(
+                f"{path}: version: this model has numbered version folders; each version is its folder's name"
+            )
+        chosen = shared.version_policy.select(list(folders))
+        if not chosen:
+            found = ", ".join(str(v) for v in sorted(folders))
+            raise ModelLoadError(
+                f"{path}: version_policy ({shared.version_policy.describe()}) selects none of the "
+                f"version folders ({found})"
+            )
+        plan = ServingPlan.build(shared, [str(v) for v in chosen], path)
+    except ModelLoadError as exc:
+        return [], [BrokenModel(directory.name, directory, str(exc))]
+    specs: list[ModelSpec] = []
+    broken: list[BrokenModel] = []
+    for number in chosen:
+        folder = folders[number]
+        try:
+            own_path = folder / MODEL_FILE
+            own = _read_yaml(own_path) if own_path.is_file() else {}
+            check_version_file(own_path, own)
+            merged = merged_settings(raw, own, number)
+            config = settle(validate_file(merged, own_path if own else path, directory), defaults)
+            specs.append(_spec(folder, config, plan, shared=directory))
+        except ModelLoadError as exc:
+            broken.append(BrokenModel(directory.name, folder, str(exc), version=str(number), plan=plan))
+    return specs, broken
+
+
+def _spec(directory: Path, config: ModelConfig, plan: ServingPlan, shared: Path | None = None) -> ModelSpec:
+    module = config.name if shared is None else f"{config.name}.v{config.version}"
+    handler_class = resolve_handler(
+        directory, config.handler, config.backend, shared=shared, module_name=module
+    )
+    return ModelSpec(directory, config, handler_class, plan)

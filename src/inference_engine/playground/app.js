@@ -218,6 +218,7 @@
       if (mode === "embed_image") renderEmbedding(body);
       else renderPredictions(body.predictions || []);
       renderTimings(body);
+      renderAnsweredBy(body, response.headers, name);
       $("result").dataset.state = "done";
     } catch (err) {
       if (err.name === "AbortError" || state.controller !== controller) return;
@@ -240,6 +241,7 @@
     $("predictions").replaceChildren();
     $("embedding").hidden = true;
     $("timings").hidden = true;
+    $("answered-by").hidden = true;
     $("meta").hidden = true;
     $("result").dataset.state = "idle";
   }
@@ -253,7 +255,6 @@
     $("placeholder").hidden = true;
     if (error.request_id) {
       $("request-id").textContent = error.request_id;
-      $("model-version").textContent = "";
       $("meta").hidden = false;
     }
     $("result").dataset.state = "error";
@@ -291,8 +292,16 @@
     }
     $("timings").hidden = false;
     $("request-id").textContent = body.request_id || "";
-    $("model-version").textContent = body.model ? `· ${body.model} ${body.model_version || ""}` : "";
     $("meta").hidden = false;
+  }
+
+  /** Which model and version answered: a model with several versions splits its traffic
+   * between them, so the same image may be answered by another version next time. */
+  function renderAnsweredBy(body, headers, asked) {
+    const version = body.model_version || headers.get("x-model-version");
+    const model = body.model || asked;
+    $("answered-by").textContent = version ? `model ${model} · version ${version}` : `model ${model}`;
+    $("answered-by").hidden = false;
   }
 
   // -- the status strip: readiness from /ready, queue depth from /metrics ---------------------
@@ -301,7 +310,8 @@
     const depths = new Map();
     for (const match of text.matchAll(/^inference_engine_queue_depth\{([^}]*)\}\s+(\S+)/gm)) {
       const model = /(?:^|,)model="((?:[^"\\]|\\.)*)"/.exec(match[1]);
-      if (model) depths.set(model[1], Number(match[2]));
+      // One queue per served version: the model's depth is their sum.
+      if (model) depths.set(model[1], (depths.get(model[1]) || 0) + Number(match[2]));
     }
     return depths;
   }

@@ -131,7 +131,7 @@ async def test_a_batch_wide_exception_fails_that_batch_and_the_loop_goes_on(
         await batcher.submit(1, deadline=deadline())
     assert (await batcher.submit(2, deadline=deadline())).output == 2
     assert batcher.alive
-    assert metrics.batch_failures.labels("m")._value.get() == 1
+    assert metrics.batch_failures.labels("m", "1")._value.get() == 1
 
 
 async def test_wrong_number_of_outputs_fails_the_batch(
@@ -161,7 +161,7 @@ async def test_expired_items_are_dropped_before_the_forward_pass(
     with pytest.raises(DeadlineExceeded):
         await expiring
     assert seen == [1]
-    assert metrics.dropped.labels("m", "deadline")._value.get() == 1
+    assert metrics.dropped.labels("m", "1", "deadline")._value.get() == 1
 
 
 async def test_cancelled_items_are_dropped_before_the_forward_pass(
@@ -181,7 +181,7 @@ async def test_cancelled_items_are_dropped_before_the_forward_pass(
     last = batcher.submit(3, deadline=deadline())
     await asyncio.gather(first, last)
     assert seen == [1, 3]
-    assert metrics.dropped.labels("m", "cancelled")._value.get() == 1
+    assert metrics.dropped.labels("m", "1", "cancelled")._value.get() == 1
 
 
 async def test_full_queue_refuses_and_retry_after_follows_throughput(
