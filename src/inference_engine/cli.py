@@ -173,9 +173,8 @@ def _models_list(settings: Settings) -> int:
     print(f"{'NAME':<24} {'VERSION':<8} {'HANDLER':<20} {'DEVICE':<7} {'BATCHING':<28} {'POLICY':<12} "
           f"{'TRAFFIC':<18} STATUS")  # fmt: skip
     for row in sorted(rows, key=lambda r: (r[0], r[1].zfill(12))):
-        print(
-            f"{row[0]:<24} {row[1]:<8} {row[2]:<20} {row[3]:<7} {row[4]:<28} {row[5]:<12} {row[6]:<18} {row[7]}"
-        )
+        widths = (24, 8, 20, 7, 28, 12, 18, 0)
+        print(" ".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=True)).rstrip())
     return 1 if broken else 0
 
 

@@ -44,24 +44,35 @@ class ModelRepository:
     drain_timeout_s: float = 30.0
 
 
-def fingerprint(directory: Path) -> Fingerprint:
-    """Every file under ``directory`` with its size and modification time: a changed file on
-    disk (new weights under the same name) reloads that version."""
+def fingerprint(directory: Path, *, with_config: bool = True) -> Fingerprint:
+    """Every file under ``directory`` with its size and modification time (``model.yaml`` left
+    out unless ``with_config``: its settings are compared as parsed, so a traffic change alone
+    reloads nothing)."""
     found = []
     for path in sorted(directory.rglob("*")):
         with contextlib.suppress(OSError):
-            if path.is_file() and "__pycache__" not in path.parts:
-                stat = path.stat()
-                found.append((str(path.relative_to(directory)), stat.st_size, stat.st_mtime_ns))
+            if (
+                not path.is_file()
+                or "__pycache__" in path.parts
+                or (path.name == MODEL_FILE and not with_config)
+            ):
+                continue
+            stat = path.stat()
+            found.append((str(path.relative_to(directory)), stat.st_size, stat.st_mtime_ns))
     return tuple(found)
 
 
 def _version_fingerprint(spec: ModelSpec, model_dir: Path) -> Fingerprint:
-    """A version's own files, and the model folder's shared files (not other versions')."""
+    """A version's own files and the model folder's shared ones (not other versions'): new
+    weights under the same name reload that version."""
+    if spec.directory == model_dir:
+        return fingerprint(model_dir, with_config=False)
     shared = tuple(
-        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model_dir.iterdir()) if p.is_file()
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(model_dir.iterdir())
+        if p.is_file() and p.name != MODEL_FILE
     )
-    return shared + (fingerprint(spec.directory) if spec.directory != model_dir else fingerprint(model_dir))
+    return shared + fingerprint(spec.directory, with_config=False)
 
 
 class ModelControl:

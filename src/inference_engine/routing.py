@@ -85,9 +85,7 @@ class ServedModel:
                 )
             return Route(self.name, version)
         weights = [
-            (v, w)
-            for v, w in sorted(self.plan.traffic.items(), key=lambda item: version_order(item[0]))
-            if v in self.versions and self.versions[v].ready
+            (v, w) for v, w in self.plan.traffic.items() if v in self.versions and self.versions[v].ready
         ]
         if not weights:
             raise ModelNotReady(f"model {self.name} is not ready: {self.not_ready_reason()}")

@@ -61,7 +61,8 @@ class ServingPlan:
     """How one model's requests are spread over its served versions.
 
     ``traffic`` holds the weight (summing to 1) of each version that takes requests naming no
-    version; ``shadow`` the fraction of those requests copied to a version as well.
+    version, in the order of ``versions`` (oldest first); ``shadow`` the fraction of those
+    requests copied to a version as well.
     """
 
     policy: str = "latest: 1"
@@ -93,7 +94,7 @@ class ServingPlan:
             total = sum(file.traffic.values())
             if total <= 0:
                 raise ModelLoadError(f"{where}: traffic: at least one version needs a weight above 0")
-            traffic = {v: w / total for v, w in file.traffic.items() if w > 0 and v in versions}
+            traffic = {v: file.traffic[v] / total for v in versions if file.traffic.get(v, 0) > 0}
         shadow: dict[str, float] = {}
         for version, percent in (file.shadow or {}).items():
             if not (math.isfinite(percent) and 0 <= percent <= 100):
