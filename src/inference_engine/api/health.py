@@ -97,13 +97,15 @@ def build_router(service: InferenceService, settings: Settings, metrics: Metrics
             return JSONResponse(body, status_code=503)
         if not models:
             return JSONResponse({"status": "not_ready", "models": {}, "reason": "no models"}, status_code=503)
-        if not readiness.ready:
-            return JSONResponse({"status": "not_ready", "models": readiness.not_ready}, status_code=503)
+        # Each served version's state (a model is ready when all of its versions are).
         versions = {
-            s.name: {v.version: v.state if v.ready or v.state != "ready" else "not ready" for v in s.versions}
+            s.name: {v.version: "ready" if v.ready else v.reason or v.state for v in s.versions}
             for s in service.models_status()
             if s.versions
         }
+        if not readiness.ready:
+            body = {"status": "not_ready", "models": readiness.not_ready, "versions": versions}
+            return JSONResponse(body, status_code=503)
         return JSONResponse(
             {"status": "ready", "models": {name: "ready" for name in models}, "versions": versions}
         )

@@ -44,6 +44,8 @@ def add_predict_command(commands: argparse._SubParsersAction[argparse.ArgumentPa
     predict.add_argument("paths", nargs="+", type=Path, metavar="IMAGE_OR_FOLDER")
     predict.add_argument("--url", help=f"the server (default: IE_URL or {DEFAULT_URL})")
     predict.add_argument("--model", help="the model (default: the server's default model)")
+    predict.add_argument("--model-version", help="this version of --model (default: by its traffic weights)")
+    predict.add_argument("--routing-key", help="requests with the same key go to the same version (sticky)")
     predict.add_argument("--top-k", type=_positive_int, help="predictions per image (default: the model's)")
     predict.add_argument("--labels", help="comma-separated labels for a zero-shot model (CLIP)")
     predict.add_argument("--json", action="store_true", help="one JSON object per image on stdout")
@@ -87,7 +89,8 @@ def _record(path: Path, outcome: Prediction | InferenceError) -> dict[str, Any]:
 
 def _line(path: Path, outcome: Prediction) -> str:
     shown = ", ".join(f"{p.label} ({p.score:.3f})" for p in outcome.predictions)
-    return f"{path}: {shown or json.dumps(outcome.raw)}"
+    served = f" [{outcome.model} version {outcome.model_version}]" if outcome.model_version else ""
+    return f"{path}: {shown or json.dumps(outcome.raw)}{served}"
 
 
 def _predict_one(
@@ -97,7 +100,10 @@ def _predict_one(
 
     labels = [label.strip() for label in args.labels.split(",") if label.strip()] if args.labels else None
     try:
-        return client.predict(path, model=args.model, top_k=args.top_k, labels=labels)
+        return client.predict(
+            path, model=args.model, top_k=args.top_k, labels=labels,
+            version=args.model_version, routing_key=args.routing_key,
+        )  # fmt: skip
     except InferenceError as exc:
         return exc
     except OSError as exc:  # unreadable file: reported like any other failure

@@ -85,3 +85,31 @@ def test_a_custom_answer_without_predictions_is_printed_whole() -> None:
     prediction = Prediction.from_json({"model": "m", "boxes": [1]})
 
     assert _line(Path("x.jpg"), prediction) == 'x.jpg: {"model": "m", "boxes": [1]}'
+
+
+def test_a_version_and_a_routing_key_reach_the_client(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a.png").write_bytes(b"\x89PNG")
+    seen: list[dict[str, object]] = []
+
+    def predict(self: object, path: Path, **kwargs: object) -> Prediction:
+        seen.append(kwargs)
+        return Prediction.from_json(
+            {"model": "m", "model_version": "2", "predictions": [{"label": "cat", "score": 0.5, "index": 1}]}
+        )
+
+    monkeypatch.setattr("inference_engine.client.InferenceClient.predict", predict)
+    argv = [
+        "predict",
+        str(tmp_path / "a.png"),
+        "--model",
+        "m",
+        "--model-version",
+        "2",
+        "--routing-key",
+        "u-1",
+    ]
+    assert cli.main([*argv, "--no-progress"]) == 0
+    assert seen[0]["version"] == "2" and seen[0]["routing_key"] == "u-1"
+    assert capsys.readouterr().out.strip().endswith("cat (0.500) [m version 2]")
