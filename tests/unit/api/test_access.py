@@ -69,3 +69,43 @@ async def test_failed_attempts_are_rate_limited_per_address(protected: httpx.Asy
     statuses = [(await protected.get("/info", headers={"x-api-key": "guess"})).status_code for _ in range(4)]
     assert statuses[:2] == [401, 401]
     assert statuses[2:] == [429, 429]
+
+
+@pytest.fixture
+async def controlled(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    add_colour_model(tmp_path, "colour")
+    settings = Settings(
+        model_repository=tmp_path,
+        server={"model_control": True},
+        auth={"enabled": True, "api_key_hashes": [hash_key("user")], "admin_key_hashes": [hash_key("admin")]},
+    )
+    app = build_app(settings, Metrics())
+    async with in_process_client(app) as client:
+        await app.state.service.wait_loaded()
+        yield client
+
+
+async def test_model_control_needs_an_admin_key(controlled: httpx.AsyncClient) -> None:
+    unload = "/v2/repository/models/colour/unload"
+    assert (await controlled.post(unload)).status_code == 401
+    refused = await controlled.post(unload, headers={"x-api-key": "user"})
+    assert refused.status_code == 403
+    assert refused.json() == {"error": "model control needs an admin key (auth.admin_key_hashes)"}
+    assert (await controlled.post("/v2/repository/index", headers={"x-api-key": "user"})).status_code == 403
+    admin = {"x-api-key": "admin"}
+    assert (await controlled.post(unload, headers=admin)).status_code == 200
+    index = await controlled.post("/v2/repository/index", headers=admin, json={})
+    assert index.json() == [{"name": "colour", "state": "UNAVAILABLE", "reason": "unloaded"}]
+    # An admin key is a key: it is accepted on every other route too.
+    assert (await controlled.get("/v1/models", headers=admin)).status_code == 200
+    assert (await controlled.post("/v2/repository/models/colour/load", headers=admin)).status_code == 200
+    assert (await controlled.get("/v2/models/colour/ready", headers=admin)).status_code == 200
+
+
+async def test_model_control_is_off_unless_configured(tmp_path: Path) -> None:
+    add_colour_model(tmp_path, "colour")
+    app = build_app(Settings(model_repository=tmp_path), Metrics())
+    async with in_process_client(app) as client:
+        refused = await client.post("/v2/repository/models/colour/load")
+        assert refused.status_code == 403 and "server.model_control" in refused.json()["error"]
+        assert (await client.post("/v2/repository/index")).status_code == 200  # reading is allowed
