@@ -42,7 +42,7 @@ from inference_engine.numerics import top_k_predictions
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
 
-EXTENSIONS = ["binary_tensor_data", "classification", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
 
 
 def metadata_body(meta: ModelMetadata) -> dict[str, Any]:
