@@ -172,17 +172,15 @@ class ModelControl:
                 logger.info(
                     "traffic changed", extra={"model": name, "before": before, "traffic": dict(plan.traffic)}
                 )
-        for runtime in retired:
-            service.metrics.traffic_weight.labels(name, runtime.version).set(0)
-        for version, weight in plan.traffic.items():
-            service.metrics.traffic_weight.labels(name, version).set(weight)
+        for version in {r.version for r in retired} | set(plan.versions):
+            service.metrics.traffic_weight.labels(name, version).set(plan.traffic.get(version, 0.0))
         logger.info(
             "model loaded",
             extra={"model": name, "versions": list(plan.versions), "loaded": [r.version for r in fresh],
                    "retired": [r.version for r in retired], "traffic": dict(plan.traffic),
                    "shadow": dict(plan.shadow), "policy": plan.policy},
         )  # fmt: skip
-        service.shadows.summarise(name)
+        service.shadows.restart(name)
         await asyncio.gather(*(self.retire(r) for r in retired))
 
     async def unload(self, name: str) -> None:
@@ -195,7 +193,7 @@ class ModelControl:
             for runtime in retired:
                 self._service.metrics.traffic_weight.labels(name, runtime.version).set(0)
             logger.info("model unloaded", extra={"model": name, "versions": [r.version for r in retired]})
-            self._service.shadows.summarise(name)
+            self._service.shadows.restart(name)
             await asyncio.gather(*(self.retire(r) for r in retired))
         self._service.metrics.repository_operations.labels(name, "unload", "ok").inc()
 
@@ -215,12 +213,19 @@ class ModelControl:
             await asyncio.gather(*(b.drain(remaining) for b in runtime.batchers.values()))
             if runtime.state is ModelState.READY:
                 runtime.state = ModelState.STOPPED
-            service.metrics.model_ready.labels(*runtime.labels).set(0)
+            if not self._serving(runtime):  # its replacement (same version, new files) reports itself
+                service.metrics.model_ready.labels(*runtime.labels).set(0)
             await runtime.release()
         finally:
             service.retiring.discard(runtime)
             self._fingerprints.pop(id(runtime), None)
         logger.info("model version retired", extra={"model": runtime.name, "version": runtime.version})
+
+    def _serving(self, runtime: ModelRuntime) -> bool:
+        """Another instance of ``runtime``'s model and version serves (it was reloaded)."""
+        model = self._service.models.get(runtime.name)
+        other = model.versions.get(runtime.version) if model is not None else None
+        return other is not None and other is not runtime
 
     # -- polling (Triton's poll mode) ---------------------------------------------------------
 

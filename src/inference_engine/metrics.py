@@ -169,7 +169,8 @@ class Metrics:
         )
         self.shadow_agreement_ratio = Gauge(
             f"{PREFIX}_shadow_agreement_ratio",
-            "Agreements over comparisons between a primary version and its shadow since start.",
+            "Agreements over comparisons between a primary version and its shadow since the model's "
+            "last load.",
             pair,
             registry=r,
         )

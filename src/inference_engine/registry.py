@@ -150,7 +150,8 @@ class ModelRegistry:
 
     def refresh_gauges(self) -> None:
         """Bring the readiness gauges up to date before a scrape (a batch loop may have died)."""
-        for runtime in self.runtimes():
+        # Retiring ones first: a version reloaded from new files is reported by its new instance.
+        for runtime in [*self.retiring, *(r for m in self.models.values() for r in m.versions.values())]:
             self.metrics.model_ready.labels(*runtime.labels).set(1 if runtime.ready else 0)
 
     def liveness(self) -> str | None:

@@ -14,6 +14,7 @@ takes queue room or a forward pass a caller is waiting for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -180,11 +181,16 @@ class ShadowTraffic:
             },
         )  # fmt: skip
 
-    def summarise(self, model: str) -> None:
-        """Log the running summary of every pair of ``model`` (when its versions change)."""
-        for pair, tally in self._tallies.items():
-            if pair[0] == model and (tally.compared or tally.failed or tally.shed):
+    def restart(self, model: str) -> None:
+        """Log the summary of every pair of ``model`` and start counting afresh (its versions or
+        plan changed: a new shadow's agreement must not inherit the old one's, and a removed
+        shadow's ratio must not linger, nor an alert on it)."""
+        for pair in [p for p in self._tallies if p[0] == model]:
+            tally = self._tallies.pop(pair)
+            if tally.compared or tally.failed or tally.shed:
                 self._summary(pair, tally)
+            with contextlib.suppress(KeyError):
+                self._metrics.shadow_agreement_ratio.remove(*pair)
 
     async def stop(self) -> None:
         """Cancel the copies still running (shutdown: nobody waits for them)."""

@@ -194,3 +194,25 @@ async def test_poll_mode_loads_what_changed_on_disk(tmp_path: Path, metrics: Met
         assert list(service.served("m").versions) == ["2"] and await answer(service) == "2"
     finally:
         await service.stop(1.0)
+
+
+async def test_gauges_follow_the_served_set(
+    service: InferenceService, tmp_path: Path, metrics: Metrics
+) -> None:
+    write_model(tmp_path, {1: {}, 2: {}}, version_policy="all", traffic={"1": 1, "2": 3}, shadow={"1": 100})
+    await service.control.load("m")
+    assert metrics.traffic_weight.labels("m", "2")._value.get() == 0.75
+    await answer(service, Route("m", "2", routed=True))
+    await asyncio.sleep(0.2)
+    assert metrics.shadow_agreement_ratio.labels("m", "2", "1")._value.get() == 1.0
+    # Roll back: version 2 stays served without traffic; the shadow goes, and its ratio with it.
+    write_model(tmp_path, {1: {}, 2: {}}, version_policy="all", traffic={"1": 1})
+    await service.control.load("m")
+    assert metrics.traffic_weight.labels("m", "2")._value.get() == 0.0
+    assert metrics.traffic_weight.labels("m", "1")._value.get() == 1.0
+    assert "inference_engine_shadow_agreement_ratio{" not in metrics.render().decode()
+    # Version 1 reloaded from new files: its new instance reports ready once the old is gone.
+    (tmp_path / "m" / "1" / "labels.txt").write_text("new files\n")
+    await service.control.load("m")
+    service.refresh_gauges()
+    assert metrics.model_ready.labels("m", "1")._value.get() == 1.0
