@@ -3,6 +3,10 @@
 Everything here is a pure function of the results dictionary that :mod:`bench.run` builds
 (``tests/bench`` checks it on a fixture), so a report can be re-rendered from a saved
 ``results.json`` without measuring again: ``python -m bench.report bench/results/results.json``.
+
+A ``@shadow`` workload measured in the same run as its plain twin gets a "shadow cost" table:
+the twin's and its own throughput and caller latencies at the same points, their ratios, and the
+shadow copies compared and shed per request (:func:`shadow_cost`).
 """
 
 from __future__ import annotations
@@ -56,6 +60,13 @@ def _point_summary(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "inference_ms",
     )
     out: dict[str, Any] = {key: spread(run.get(key, math.nan) for run in runs) for key in keys}
+    if any("shadow" in run for run in runs):  # copies per answered request, by outcome
+        for outcome in ("compared", "shed"):
+            out[f"shadow_{outcome}_per_request"] = spread(
+                run["shadow"][outcome] / run["requests"] if run.get("requests") else math.nan
+                for run in runs
+                if "shadow" in run
+            )
     out["errors"] = sum(run.get("errors", 0) for run in runs)
     out["runs"] = len(runs)
     return out
@@ -82,6 +93,7 @@ def summarise_workload(workload: dict[str, Any]) -> dict[str, Any]:
         targets.append({"target": name, "value": value, "limit": limit, "met": bool(met), "unit": unit})
 
     model = workload["model"]
+    shadow = bool(workload.get("shadow"))
     images_default = workload["images"] == "photos640"
     if images_default and model in HEAVY:
         for clients in (8, 32):
@@ -92,7 +104,8 @@ def summarise_workload(workload: dict[str, Any]) -> dict[str, Any]:
         if 32 in closed:
             p50, p99 = closed[32]["p50_ms"]["median"], closed[32]["p99_ms"]["median"]
             target("p99 <= 2 x p50 at 32 clients", p99 / p50, 2.0, p99 <= 2 * p50)
-    if images_default and model in LIGHT and 32 in ratios:
+    # A shadow workload computes every request twice: its served/raw is the cost shown, not a target.
+    if images_default and model in LIGHT and 32 in ratios and not shadow:
         target("served/raw at 32 clients >= 0.9", ratios[32], 0.9, ratios[32] >= 0.9)
     if 1 in closed:
         p50 = closed[1]["p50_ms"]["median"]
@@ -112,6 +125,9 @@ def summarise_workload(workload: dict[str, Any]) -> dict[str, Any]:
         "model": model,
         "images": workload["images"],
         "protocol": workload.get("protocol", "native"),  # results from before V2 workloads: native
+        "shadow": shadow,
+        "twin": workload.get("twin", workload["name"]),
+        "shadow_counters": workload["served"].get("shadow", {}),
         "request_bytes": workload["served"].get("request", {}).get("mean_bytes", math.nan),
         "max_batch_size": max_batch,
         "max_batch_delay_ms": delay_ms,
@@ -135,8 +151,41 @@ def summarise_workload(workload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _matching(rate: float, rates: Iterable[float]) -> float | None:
+    """The rate of ``rates`` equal to ``rate`` but for rounding, if any."""
+    return next((r for r in rates if math.isclose(r, rate, rel_tol=1e-3)), None)
+
+
+def shadow_cost(shadowed: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    """A shadow workload against its plain twin at their common points: ``@shadow / plain`` ratios
+    of throughput and of caller p50 and p99 (above 1: the latency the shadow costs callers)."""
+
+    def ratios(mine: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float]:
+        return {
+            key: ratio(mine[key]["median"], theirs[key]["median"])
+            for key in ("throughput_rps", "p50_ms", "p99_ms")
+        }
+
+    opened = {}
+    for rate, point in shadowed["open"].items():
+        twin_rate = _matching(rate, plain["open"])
+        if twin_rate is not None:
+            opened[rate] = ratios(point, plain["open"][twin_rate])
+    return {
+        "twin": plain["name"],
+        "closed": {
+            c: ratios(p, plain["closed"][c]) for c, p in shadowed["closed"].items() if c in plain["closed"]
+        },
+        "open": opened,
+    }
+
+
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
-    return {w["name"]: summarise_workload(w) for w in results["workloads"]}
+    summary = {w["name"]: summarise_workload(w) for w in results["workloads"]}
+    for s in summary.values():
+        if s["shadow"] and s["twin"] in summary:
+            s["vs_twin"] = shadow_cost(s, summary[s["twin"]])
+    return summary
 
 
 # -- markdown ------------------------------------------------------------------------------------
@@ -162,6 +211,79 @@ def _request_note(s: dict[str, Any]) -> str:
         return ""
     size = s["request_bytes"]
     return ", V2 JSON tensors" + ("" if math.isnan(size) else f", {size / 1024:.0f} KB a request")
+
+
+def _per_request(p: dict[str, Any]) -> str:
+    """``0.98 / 0.02``: shadow copies compared / shed per answered request."""
+    if "shadow_compared_per_request" not in p:
+        return "-"
+    return (
+        f"{_f(p['shadow_compared_per_request']['median'], 2)} / "
+        f"{_f(p['shadow_shed_per_request']['median'], 2)}"
+    )
+
+
+def _shadow_section(s: dict[str, Any], summary: dict[str, Any]) -> list[str]:
+    """What a shadow workload's copies did, and what they cost callers next to the plain twin."""
+    counts = "; ".join(
+        f"{versions}: {_f(c.get('compared', math.nan), 0)} copies compared, "
+        f"{_f(c.get('shed', math.nan), 0)} shed, "
+        f"{_f(c.get('failed', math.nan), 0)} failed, top-1 agreement ratio "
+        f"{_f(c.get('agreement_ratio', math.nan), 4)} (mean top-1 score difference "
+        f"{_f(c.get('mean_score_difference', math.nan), 6)})"
+        for versions, c in s["shadow_counters"].items()
+    )
+    twin = summary.get(s["twin"]) if "vs_twin" in s else None
+    lines = [
+        "",
+        "Shadow: the model served as two identical versions, version 1 answering every request and "
+        "a copy of each sent to version 2 in the background (shadows shed first under load). "
+        f"Server counters at the end: {counts or 'none scraped'}.",
+        "",
+    ]
+    if twin is None:
+        lines.append(f"{s['twin']} was not measured in this run: no cost comparison.")
+        return lines
+    cost = s["vs_twin"]
+
+    def both(mine: dict[str, Any], theirs: dict[str, Any], key: str) -> str:
+        show = _ms if key.endswith("_ms") else (lambda x: _f(x["median"]))
+        return f"{show(theirs[key])} → {show(mine[key])}"
+
+    lines += [
+        f"Shadow cost, {s['twin']} → {s['name']} at the same points (ratio: @shadow / plain):",
+        "",
+        "| clients | req/s | ratio | p50 ms | ratio | p99 ms | ratio | errors "
+        "| copies compared / shed per answered request |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for clients, r in cost["closed"].items():
+        mine, theirs = s["closed"][clients], twin["closed"][clients]
+        lines.append(
+            f"| {clients} | {both(mine, theirs, 'throughput_rps')} | {_f(r['throughput_rps'], 2)} "
+            f"| {both(mine, theirs, 'p50_ms')} | {_f(r['p50_ms'], 2)} "
+            f"| {both(mine, theirs, 'p99_ms')} | {_f(r['p99_ms'], 2)} "
+            f"| {theirs['errors']} → {mine['errors']} | {_per_request(mine)} |"
+        )
+    if cost["open"]:
+        lines += [
+            "",
+            "| offered req/s (open loop) | achieved req/s | p50 ms | ratio | p99 ms | ratio | errors "
+            "| copies compared / shed per answered request |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for rate, r in cost["open"].items():
+            mine = s["open"][rate]
+            theirs = twin["open"][_matching(rate, twin["open"])]
+            lines.append(
+                f"| {_f(rate)} | {both(mine, theirs, 'throughput_rps')} "
+                f"| {both(mine, theirs, 'p50_ms')} | {_f(r['p50_ms'], 2)} "
+                f"| {both(mine, theirs, 'p99_ms')} | {_f(r['p99_ms'], 2)} "
+                f"| {theirs['errors']} → {mine['errors']} | {_per_request(mine)} |"
+            )
+    elif s["open"]:
+        lines += ["", f"(open-loop rates differ from {s['twin']}'s: no open-loop comparison)"]
+    return lines
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -262,6 +384,8 @@ def markdown(results: dict[str, Any]) -> str:
                     f"| {_ms(p['p95_ms'])} | {_ms(p['p99_ms'])} | {_ms(p['max_ms'])} | {p['errors']} "
                     f"| {_f(p['avg_batch_size']['median'], 2)} |"
                 )
+        if s["shadow"]:
+            lines += _shadow_section(s, summary)
     return "\n".join(lines) + "\n"
 
 

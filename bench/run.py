@@ -24,12 +24,25 @@ The ``@v2`` workloads (not in the default set) send the same images pre-processe
 Inference Protocol V2 JSON tensors, at the points of their native twin, against a raw ceiling
 of the same model and images (measured again in their turn); ``--quick --workloads tiny_cnn
 tiny_cnn@v2`` compares the two in about two minutes.
+
+The ``@shadow`` workloads (not in the default set either) serve the same model as two identical
+versions, ``<name>/1/`` and ``<name>/2/``, with ``traffic: {"1": 100}`` and ``shadow: {"2": 100}``:
+version 1 answers every request and a copy goes to version 2 in the background, compared with
+the answer, the caller never waiting for it. Same closed-loop points as the plain twin and, when
+the twin ran earlier in the same run (it is run first when both are named), the twin's open-loop
+rates, so the report's "shadow cost" table reads as the caller's price of mirroring every
+request (``--quick --workloads tiny_cnn tiny_cnn@shadow``: about two minutes). Each window also
+counts the copies compared and shed (shadows shed first under load), and at the end the
+server's shadow counters (copies by outcome, top-1 agreement ratio: 1.0 for identical weights)
+are recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import math
 import os
 import platform
 import statistics
@@ -37,16 +50,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from bench import load, report
-from bench.server import ServedModel, parse_metrics, window_metrics
+from bench.server import ServedModel, parse_metrics, shadow_counters, window_metrics
 from bench.workloads import (
     DEFAULT_CACHE,
     ROOT,
+    SHADOW_OVERRIDES,
     ApiProtocol,
     model_specs,
     request_set,
@@ -68,6 +83,22 @@ class Workload:
     concurrency: tuple[int, ...] = (1, 4, 8, 16, 32, 64)
     open_fractions: tuple[float, ...] = (0.3, 0.6, 0.9)
     protocol: ApiProtocol = "native"  # "v2": pre-processed tensors as V2 JSON (bench.workloads)
+    shadow: bool = False  # two identical versions, every request copied to version 2 (SHADOW_OVERRIDES)
+
+    @property
+    def twin(self) -> str:
+        """The plain workload this one is a variant of (itself for a plain one)."""
+        return self.name.partition("@v2")[0].partition("@shadow")[0]
+
+    @property
+    def versions(self) -> tuple[int, ...]:
+        """Numbered version folders of the served model (none: the plain layout)."""
+        return (1, 2) if self.shadow else ()
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """Keys laid over the model's ``model.yaml`` for this workload's server."""
+        return copy.deepcopy(SHADOW_OVERRIDES) if self.shadow else {}
 
 
 NATIVE_WORKLOADS = (
@@ -90,7 +121,14 @@ V2_WORKLOADS = tuple(
     for w in NATIVE_WORKLOADS
     if w.name in ("tiny_cnn", "efficientnet_lite0")
 )
-WORKLOADS = {w.name: w for w in (*NATIVE_WORKLOADS, *V2_WORKLOADS)}
+#: Shadow twins: the same model, images and points, served as two identical versions with every
+#: request copied to version 2; the cost of mirroring is the difference to the plain twin.
+SHADOW_WORKLOADS = tuple(
+    replace(w, name=f"{w.name}@shadow", shadow=True)
+    for w in NATIVE_WORKLOADS
+    if w.name in ("tiny_cnn", "efficientnet_lite0")
+)
+WORKLOADS = {w.name: w for w in (*NATIVE_WORKLOADS, *V2_WORKLOADS, *SHADOW_WORKLOADS)}
 DEFAULT_WORKLOADS = tuple(w.name for w in NATIVE_WORKLOADS)
 QUICK_WORKLOADS = ("tiny_cnn", "efficientnet_lite0_onnx")
 
@@ -274,17 +312,21 @@ def raw_pass2(workload: Workload, plan: Plan, cache: Path, best: dict[str, Any])
 
 
 class Probe:
-    """Window-edge hooks: scrape ``/metrics`` and read the server's CPU time."""
+    """Window-edge hooks: scrape ``/metrics`` and read the server's CPU time.
 
-    def __init__(self, server: ServedModel) -> None:
+    ``version``: read that version's series only (a shadow workload's caller-facing version 1;
+    its shadow copies are counted apart, by outcome).
+    """
+
+    def __init__(self, server: ServedModel, version: str | None = None) -> None:
         self.server = server
+        self.version = version
         self.edges: list[tuple[float, float, dict[str, float]]] = []
 
     async def mark(self) -> None:
         _, body = await load.fetch(self.server.port, "/metrics")
-        self.edges.append(
-            (time.perf_counter(), self.server.cpu_seconds(), parse_metrics(body.decode(), self.server.model))
-        )
+        metrics = parse_metrics(body.decode(), self.server.model, self.version)
+        self.edges.append((time.perf_counter(), self.server.cpu_seconds(), metrics))
 
     def result(self) -> dict[str, Any]:
         (t0, cpu0, m0), (t1, cpu1, m1) = self.edges[-2:]
@@ -294,7 +336,7 @@ class Probe:
 async def closed_point(
     server: ServedModel, requests: Sequence[bytes], clients: int, plan: Plan, workload: Workload
 ) -> dict[str, Any]:
-    probe = Probe(server)
+    probe = Probe(server, "1" if workload.shadow else None)
     window = await load.closed_loop(
         server.port, requests, clients, plan.warmup_s, plan.duration(workload), probe.mark, probe.mark
     )
@@ -304,16 +346,39 @@ async def closed_point(
 async def open_point(
     server: ServedModel, requests: Sequence[bytes], rate: float, plan: Plan, workload: Workload, seed: int
 ) -> dict[str, Any]:
-    probe = Probe(server)
+    probe = Probe(server, "1" if workload.shadow else None)
     window = await load.open_loop(
         server.port, requests, rate, plan.warmup_s, plan.duration(workload), probe.mark, probe.mark, seed=seed
     )
     return {**window.result(), **probe.result()}
 
 
-def served(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, Any]:
+def final_shadow_counters(server: ServedModel, settle_s: float = 10.0) -> dict[str, dict[str, float]]:
+    """The server's shadow counters once the copies still running have finished (or ``settle_s``)."""
+    deadline = time.monotonic() + settle_s
+    previous: dict[str, dict[str, float]] | None = None
+    while True:
+        with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
+            counters = shadow_counters(response.read().decode(), server.model)
+        if counters == previous or time.monotonic() > deadline:
+            return counters
+        previous = counters
+        time.sleep(0.5)
+
+
+def served(
+    workload: Workload, plan: Plan, cache: Path, out: Path, open_rates: Sequence[float] | None = None
+) -> dict[str, Any]:
+    """Closed-loop then open-loop points against a fresh server; ``open_rates``: these rates (the
+    plain twin's) instead of fractions of this workload's own 32-client throughput."""
     spec = model_specs()[workload.model]
-    repo = write_repository(spec, cache, Path(tempfile.mkdtemp(prefix="bench-repo-")))
+    repo = write_repository(
+        spec,
+        cache,
+        Path(tempfile.mkdtemp(prefix="bench-repo-")),
+        workload.overrides,
+        versions=workload.versions,
+    )
     log_path = out / f"server-{workload.name.replace('@', '-')}.log.tmp"
     bodies = request_set(workload.model, workload.images, workload.protocol)
     closed: dict[int, list[dict[str, Any]]] = {c: [] for c in plan.concurrency(workload)}
@@ -337,12 +402,16 @@ def served(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, 
                         f"    closed {clients:>2} clients (run {repeat + 1}): "
                         f"{point['throughput_rps']:.1f} req/s, p50 {point['p50_ms']:.1f} ms, "
                         f"p99 {point['p99_ms']:.1f} ms, batch {point['avg_batch_size']:.2f}"
+                        f"{shadow_note(point)}"
                     )
-            capacity = statistics.median(
-                p["throughput_rps"] for p in closed[max(c for c in closed if c <= 32)]
-            )
-            for fraction in plan.open_fractions(workload):
-                opened[round(fraction * capacity, 1)] = []
+            if open_rates is not None:
+                opened.update((rate, []) for rate in open_rates)
+            else:
+                capacity = statistics.median(
+                    p["throughput_rps"] for p in closed[max(c for c in closed if c <= 32)]
+                )
+                for fraction in plan.open_fractions(workload):
+                    opened[round(fraction * capacity, 1)] = []
             for repeat in range(plan.repeats):
                 for rate in opened:
                     opened[rate].append(await open_point(server, requests, rate, plan, workload, seed=repeat))
@@ -350,13 +419,14 @@ def served(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, 
                     log(
                         f"    open {rate:.1f} req/s (run {repeat + 1}): "
                         f"achieved {point['throughput_rps']:.1f}, p50 {point['p50_ms']:.1f} ms, "
-                        f"p99 {point['p99_ms']:.1f} ms, errors {point['errors']}"
+                        f"p99 {point['p99_ms']:.1f} ms, errors {point['errors']}{shadow_note(point)}"
                     )
 
         load.run(sweep())
+        shadow = final_shadow_counters(server) if workload.shadow else None
         cold, rss = server.cold_start_s, server.peak_rss_mb
     log_path.unlink(missing_ok=True)
-    return {
+    result: dict[str, Any] = {
         "request": {
             "path": bodies.path,
             "content_type": bodies.content_type,
@@ -366,15 +436,34 @@ def served(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, 
         "peak_rss_mb": rss,
         "closed": [{"clients": c, "runs": runs} for c, runs in closed.items()],
         "open": [{"rate": r, "runs": runs} for r, runs in opened.items()],
+        "open_rates_from": workload.twin if open_rates is not None else "own 32-client throughput",
     }
+    if shadow is not None:
+        result["shadow"] = shadow
+        for pair, counts in shadow.items():
+            log(
+                f"  shadow {pair}: {counts['compared']:.0f} compared, {counts['shed']:.0f} shed, "
+                f"{counts['failed']:.0f} failed; agreement {counts.get('agreement_ratio', math.nan):.4f}"
+            )
+    return result
+
+
+def shadow_note(point: dict[str, Any]) -> str:
+    """``, shadow copies 812 compared / 3 shed`` for a window of a shadow workload."""
+    shadow = point.get("shadow")
+    if not shadow:
+        return ""
+    return f", shadow copies {shadow['compared']:.0f} compared / {shadow['shed']:.0f} shed"
 
 
 # -- the run -----------------------------------------------------------------------------------
 
 
-def run_workload(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, Any]:
+def run_workload(
+    workload: Workload, plan: Plan, cache: Path, out: Path, open_rates: Sequence[float] | None = None
+) -> dict[str, Any]:
     spec = model_specs()[workload.model]
-    document = spec.model_yaml(weights_for(spec, cache))
+    document = spec.model_yaml(weights_for(spec, cache), workload.overrides)
     max_batch = int(document.get("max_batch_size") or 8)
     started = time.perf_counter()
     log(f"{workload.name}: raw pass 1")
@@ -384,7 +473,7 @@ def run_workload(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict
         f"  raw: decode+pre {raw1['decode']['total_ms']:.2f} ms/img, forward {raw1['forward_ips']}, "
         f"pipeline best {best['ips']:.1f} img/s ({best})"
     )
-    service = served(workload, plan, cache, out)
+    service = served(workload, plan, cache, out, open_rates)
     log(f"{workload.name}: raw pass 2")
     raw2 = raw_pass2(workload, plan, cache, best)
     return {
@@ -392,6 +481,9 @@ def run_workload(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict
         "model": workload.model,
         "images": workload.images,
         "protocol": workload.protocol,
+        "shadow": workload.shadow,
+        "twin": workload.twin,
+        "versions": list(workload.versions),
         "description": spec.description,
         "model_yaml": {k: v for k, v in document.items() if k != "weights"},
         "server_env": spec.settings_env,
@@ -410,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workloads",
         nargs="+",
         choices=sorted(WORKLOADS),
-        help="default: every native workload (quick: two); the @v2 ones run when named",
+        help="default: every native workload (quick: two); the @v2 and @shadow ones run when named",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="built model weights (reused)")
@@ -426,6 +518,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             heavy_duration_s=2 * args.duration if args.duration else plan.heavy_duration_s,
         )
     names = args.workloads or (QUICK_WORKLOADS if args.quick else DEFAULT_WORKLOADS)
+    # Shadow twins after the plain ones, so that they run at the plain twin's open-loop rates.
+    names = sorted(dict.fromkeys(names), key=lambda name: WORKLOADS[name].shadow)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     meta: dict[str, Any] = {
@@ -448,7 +542,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         workload = WORKLOADS[name]
         weights_for(model_specs()[workload.model], args.cache)
         request_set(workload.model, workload.images, workload.protocol)
-    workloads = [run_workload(WORKLOADS[name], plan, args.cache, args.out) for name in names]
+    workloads: list[dict[str, Any]] = []
+    for name in names:
+        workload = WORKLOADS[name]
+        twin = next((w for w in workloads if w["name"] == workload.twin), None)
+        rates = [p["rate"] for p in twin["served"]["open"]] if workload.shadow and twin else None
+        if workload.shadow and twin is None:
+            log(f"{name}: {workload.twin} not in this run: open-loop rates from its own throughput")
+        workloads.append(run_workload(workload, plan, args.cache, args.out, rates))
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     meta["duration_s"] = time.time() - started
     meta["load_average_after"] = list(os.getloadavg())

@@ -5,12 +5,16 @@ one-model repository, waits for ``/ready``, samples the process's resident memor
 background thread (peak RSS) and reads its CPU time at window edges (CPU cores used).
 :func:`parse_metrics` turns ``/metrics`` text into sums and counts, so the achieved batch
 sizes and the server-side time split (pre-processing, queue wait, forward pass) of a window are
-differences of two scrapes.
+differences of two scrapes. For a model with shadow versions, :func:`parse_metrics` reads one
+version's series and the copies by outcome, and :func:`shadow_counters` the version pairs'
+totals and agreement.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -43,8 +47,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def parse_metrics(text: str, model: str) -> dict[str, float]:
-    """``{series}_sum`` / ``{series}_count`` for ``model`` and batch-size histogram buckets ``le_N``."""
+#: Shadow traffic series (:mod:`inference_engine.shadow`), labelled by version pair.
+SHADOW_REQUESTS = "inference_engine_shadow_requests_total"  # outcome: compared, failed, shed
+SHADOW_AGREEMENTS = "inference_engine_shadow_top1_agreements_total"
+SHADOW_AGREEMENT_RATIO = "inference_engine_shadow_agreement_ratio"
+SHADOW_SCORE_DIFFERENCE = "inference_engine_shadow_score_difference"
+SHADOW_OUTCOMES = ("compared", "failed", "shed")
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def _labels(text: str) -> dict[str, str]:
+    return dict(_LABEL.findall(text))
+
+
+def parse_metrics(text: str, model: str, version: str | None = None) -> dict[str, float]:
+    """``{series}_sum`` / ``{series}_count`` for ``model`` and batch-size histogram buckets ``le_N``.
+
+    ``version``: only that version's series (a model serving several versions has a series for
+    each; without it, the last one listed wins). A model with shadow traffic also gets
+    ``shadow_{outcome}`` (copies compared, failed or shed, all version pairs together).
+    """
     values: dict[str, float] = {}
     wanted = f'model="{model}"'
     for line in text.splitlines():
@@ -52,6 +75,12 @@ def parse_metrics(text: str, model: str) -> dict[str, float]:
             continue
         name, _, rest = line.partition("{")
         labels, _, value = rest.rpartition("} ")
+        if name == SHADOW_REQUESTS:
+            key = "shadow_" + _labels(labels).get("outcome", "")
+            values[key] = values.get(key, 0.0) + float(value)
+            continue
+        if version is not None and f'version="{version}"' not in labels:
+            continue
         for key, series in SERIES.items():
             if name in (series + "_sum", series + "_count"):
                 values[key + name[len(series) :]] = float(value)
@@ -81,7 +110,39 @@ def window_metrics(before: Mapping[str, float], after: Mapping[str, float]) -> d
         for (bound, count), previous in zip(buckets, [0.0] + [c for _, c in buckets], strict=False)
         if count - previous > 0
     }
+    if any(key.startswith("shadow_") for key in after):
+        out["shadow"] = {outcome: delta.get("shadow_" + outcome, 0.0) for outcome in SHADOW_OUTCOMES}
     return out
+
+
+def shadow_counters(text: str, model: str) -> dict[str, dict[str, float]]:
+    """``model``'s shadow counters since the server started, by version pair (``"1->2"``):
+    copies ``compared``, ``failed`` and ``shed``, top-1 ``agreements``, the server's
+    ``agreement_ratio`` and the ``mean_score_difference`` of the compared inputs."""
+    pairs: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or "{" not in line:
+            continue
+        name, _, rest = line.partition("{")
+        labels_text, _, value = rest.rpartition("} ")
+        labels = _labels(labels_text)
+        if labels.get("model") != model or "shadow" not in labels:
+            continue
+        pair = pairs.setdefault(
+            f"{labels.get('primary')}->{labels['shadow']}", {outcome: 0.0 for outcome in SHADOW_OUTCOMES}
+        )
+        if name == SHADOW_REQUESTS:
+            pair[labels.get("outcome", "")] = float(value)
+        elif name == SHADOW_AGREEMENTS:
+            pair["agreements"] = float(value)
+        elif name == SHADOW_AGREEMENT_RATIO:
+            pair["agreement_ratio"] = float(value)
+        elif name in (SHADOW_SCORE_DIFFERENCE + "_sum", SHADOW_SCORE_DIFFERENCE + "_count"):
+            pair[name[len(SHADOW_SCORE_DIFFERENCE) + 1 :]] = float(value)
+    for pair in pairs.values():
+        total, count = pair.pop("sum", 0.0), pair.pop("count", 0.0)
+        pair["mean_score_difference"] = total / count if count else math.nan
+    return pairs
 
 
 @dataclass

@@ -22,6 +22,10 @@ that a run can override ``model.yaml`` keys):
   because the ``clip`` handler loads a whole ``CLIPModel``; it costs memory, not image-request
   time: three labels are embedded once at load so ``/predict`` ranks them.
 
+A shadow workload's repository holds its model as two identical versions, ``<name>/1/`` and
+``<name>/2/``, under one shared ``model.yaml`` with :data:`SHADOW_OVERRIDES`: callers are
+answered by version 1 and every request is copied to version 2 in the background.
+
 Requests (:func:`request_set`, built once per run, so the load generator only writes bytes):
 
 * ``native``: each JPEG posted as it is to the model's route (``/predict``).
@@ -277,13 +281,31 @@ def weights_for(spec: ModelSpec, cache_dir: Path) -> Path | None:
     return builders[spec.weights_kind](cache_dir)
 
 
+#: What a shadow workload's shared ``model.yaml`` adds: versions 1 and 2 served, every routed
+#: request answered by 1 and copied to 2 in the background (:mod:`inference_engine.shadow`).
+SHADOW_OVERRIDES: dict[str, Any] = {"version_policy": "all", "traffic": {"1": 100}, "shadow": {"2": 100}}
+
+
 def write_repository(
-    spec: ModelSpec, cache_dir: Path, target: Path, overrides: dict[str, Any] | None = None
+    spec: ModelSpec,
+    cache_dir: Path,
+    target: Path,
+    overrides: dict[str, Any] | None = None,
+    versions: tuple[int, ...] = (),
 ) -> Path:
-    """A one-model repository at ``target`` serving ``spec`` with ``overrides`` on its ``model.yaml``."""
+    """A one-model repository at ``target`` serving ``spec`` with ``overrides`` on its ``model.yaml``.
+
+    With ``versions``, the model in Triton's layout: an empty ``<name>/<N>/`` folder per version
+    under the one shared ``model.yaml`` (its ``weights`` an absolute path into the cache, or the
+    packaged weights), so every version is the same model with the same weights.
+    """
     folder = target / spec.name
     folder.mkdir(parents=True, exist_ok=True)
     document = spec.model_yaml(weights_for(spec, cache_dir), overrides)
+    if versions:
+        document.pop("version", None)  # a version's number is its folder's name
+        for number in versions:
+            (folder / str(number)).mkdir(exist_ok=True)
     (folder / "model.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
     return target
 

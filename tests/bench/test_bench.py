@@ -15,9 +15,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from bench.server import parse_metrics, window_metrics
+import yaml
+from bench.server import parse_metrics, shadow_counters, window_metrics
+from bench.workloads import SHADOW_OVERRIDES, model_specs, write_repository
 
-from bench import load, report
+from bench import load, report, run
 
 # -- statistics --------------------------------------------------------------------------------
 
@@ -95,6 +97,81 @@ def test_window_metrics_are_differences_of_two_scrapes() -> None:
     assert window["inference_ms"] == 0.0  # no such series: zero, not an error
 
 
+SHADOW_METRICS = """
+inference_engine_batch_size_sum{model="m",version="1"} 30.0
+inference_engine_batch_size_count{model="m",version="1"} 10.0
+inference_engine_batch_size_sum{model="m",version="2"} 500.0
+inference_engine_batch_size_count{model="m",version="2"} 20.0
+inference_engine_shadow_requests_total{model="m",primary="1",shadow="2",outcome="compared"} 28.0
+inference_engine_shadow_requests_total{model="m",primary="1",shadow="2",outcome="shed"} 2.0
+inference_engine_shadow_requests_created{model="m",primary="1",shadow="2",outcome="shed"} 1.7e9
+inference_engine_shadow_top1_agreements_total{model="m",primary="1",shadow="2"} 28.0
+inference_engine_shadow_agreement_ratio{model="m",primary="1",shadow="2"} 1.0
+inference_engine_shadow_score_difference_sum{model="m",primary="1",shadow="2"} 0.0
+inference_engine_shadow_score_difference_count{model="m",primary="1",shadow="2"} 28.0
+inference_engine_shadow_agreement_ratio{model="other",primary="1",shadow="2"} 0.5
+"""
+
+
+def test_a_shadow_workloads_window_reads_version_1_and_counts_copies_by_outcome() -> None:
+    before = parse_metrics("", "m", "1")
+    after = parse_metrics(SHADOW_METRICS, "m", "1")
+    assert after["batch_size_sum"] == 30.0  # version 2's (the shadow's) batches are not mixed in
+    window = window_metrics(before, after)
+    assert window["avg_batch_size"] == pytest.approx(3.0)
+    assert window["shadow"] == {"compared": 28.0, "failed": 0.0, "shed": 2.0}
+    assert "shadow" not in window_metrics(before, parse_metrics(METRICS_AFTER, "m"))  # plain model
+    assert shadow_counters(SHADOW_METRICS, "m") == {
+        "1->2": {
+            "compared": 28.0,
+            "failed": 0.0,
+            "shed": 2.0,
+            "agreements": 28.0,
+            "agreement_ratio": 1.0,
+            "mean_score_difference": 0.0,
+        }
+    }
+
+
+# -- workloads -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "efficientnet_lite0"])
+def test_shadow_twins_run_when_named_at_their_twins_points(name: str) -> None:
+    plain, shadowed = run.WORKLOADS[name], run.WORKLOADS[f"{name}@shadow"]
+    assert f"{name}@shadow" not in run.DEFAULT_WORKLOADS and plain.name in run.DEFAULT_WORKLOADS
+    assert shadowed.shadow and not plain.shadow and shadowed.twin == name and plain.twin == name
+    assert (shadowed.model, shadowed.images, shadowed.protocol) == (plain.model, plain.images, plain.protocol)
+    assert (shadowed.concurrency, shadowed.open_fractions) == (plain.concurrency, plain.open_fractions)
+    assert shadowed.versions == (1, 2) and plain.versions == ()
+    assert shadowed.overrides == SHADOW_OVERRIDES and plain.overrides == {}
+    assert run.WORKLOADS[f"{name}@v2"].twin == name
+
+
+@pytest.mark.parametrize("name", ["tiny_cnn", "efficientnet_lite0"])
+def test_a_shadow_repository_is_two_identical_versions_the_loader_accepts(name: str, tmp_path: Path) -> None:
+    from inference_engine.models.loader import scan_model
+    from inference_engine.settings import BatchingSettings
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "tiny_cnn.pt").write_bytes(b"not loaded here")  # a cached file: nothing is built
+    workload = run.WORKLOADS[f"{name}@shadow"]
+    repo = write_repository(
+        model_specs()[name], cache, tmp_path / "repo", workload.overrides, workload.versions
+    )
+    folder = repo / name
+    assert sorted(p.name for p in folder.iterdir()) == ["1", "2", "model.yaml"]
+    document = yaml.safe_load((folder / "model.yaml").read_text())
+    assert "version" not in document  # a version's number is its folder's name
+    assert {k: document[k] for k in SHADOW_OVERRIDES} == SHADOW_OVERRIDES
+    specs, broken = scan_model(folder, BatchingSettings())
+    assert not broken
+    assert [spec.config.version for spec in specs] == ["1", "2"]
+    assert specs[0].config.weights == specs[1].config.weights
+    assert dict(specs[0].plan.traffic) == {"1": 1.0} and dict(specs[0].plan.shadow) == {"2": 1.0}
+
+
 # -- the report ------------------------------------------------------------------------------------
 
 
@@ -159,6 +236,94 @@ def test_summary_has_ratios_to_the_raw_ceiling_and_judges_the_targets() -> None:
     assert single["met"]
     batch = targets["32 clients: avg batch >= 0.75 x max_batch_size"]
     assert batch["met"] and batch["limit"] == pytest.approx(3.0)
+
+
+def _with_shadow_twin(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` plus an ``efficientnet_lite0@shadow`` at the same points: half the throughput at
+    32 clients, 1-client latency 10% up, every request copied at 1 client, a third shed at 32."""
+    plain = results["workloads"][0]
+    closed = [
+        {
+            "clients": 1,
+            "runs": [
+                {**_window(1, 38, 26.0, 33.0, 1.0, 0.1), "shadow": {"compared": 152, "failed": 0, "shed": 0}},
+                {**_window(1, 38, 25.0, 32.0, 1.0, 0.1), "shadow": {"compared": 152, "failed": 0, "shed": 0}},
+            ],
+        },
+        {
+            "clients": 32,
+            "runs": [
+                {
+                    **_window(32, 48, 660.0, 800.0, 3.9, 400),
+                    "shadow": {"compared": 128, "failed": 0, "shed": 64},
+                },
+                {
+                    **_window(32, 48, 640.0, 780.0, 3.9, 380),
+                    "shadow": {"compared": 128, "failed": 0, "shed": 64},
+                },
+            ],
+        },
+    ]
+    opened = [
+        {
+            "rate": 50.0,
+            "runs": [
+                {
+                    **_window(50, 47, 60.0, 180.0, 1.4, 2.0),
+                    "kind": "open",
+                    "shadow": {"compared": 160, "shed": 28},
+                }
+            ],
+        }
+    ]
+    shadowed = {
+        **plain,
+        "name": "efficientnet_lite0@shadow",
+        "shadow": True,
+        "twin": "efficientnet_lite0",
+        "versions": [1, 2],
+        "served": {
+            **plain["served"],
+            "closed": closed,
+            "open": opened,
+            "shadow": {
+                "1->2": {
+                    "compared": 3000.0,
+                    "failed": 0.0,
+                    "shed": 400.0,
+                    "agreements": 3000.0,
+                    "agreement_ratio": 1.0,
+                    "mean_score_difference": 0.0,
+                }
+            },
+        },
+    }
+    return {**results, "workloads": [plain, shadowed]}
+
+
+def test_a_shadow_twin_is_compared_with_its_plain_workload_at_the_same_points(tmp_path: Path) -> None:
+    results = _with_shadow_twin(fixture_results())
+    summary = report.summarise(results)
+    shadowed = summary["efficientnet_lite0@shadow"]
+    cost = shadowed["vs_twin"]
+    assert cost["twin"] == "efficientnet_lite0" and "vs_twin" not in summary["efficientnet_lite0"]
+    assert cost["closed"][32]["throughput_rps"] == pytest.approx(0.5)
+    assert cost["closed"][1]["p50_ms"] == pytest.approx(25.5 / 23.5)
+    assert cost["open"][50.0]["p99_ms"] == pytest.approx(3.0)
+    assert shadowed["closed"][32]["shadow_compared_per_request"]["median"] == pytest.approx(128 / 192)
+    assert shadowed["closed"][32]["shadow_shed_per_request"]["median"] == pytest.approx(64 / 192)
+    assert "shadow_compared_per_request" not in summary["efficientnet_lite0"]["closed"][32]
+    # Computing every request twice is the cost measured, not a missed target.
+    assert "served/raw at 32 clients >= 0.9" not in {t["target"] for t in shadowed["targets"]}
+    report.write(results, tmp_path, "results")
+    text = (tmp_path / "results.md").read_text()
+    assert text == report.markdown(report.load_results(tmp_path / "results.json"))
+    assert "Shadow cost, efficientnet_lite0 → efficientnet_lite0@shadow" in text
+    assert "| 32 | 96.0 → 48.0 | 0.50 |" in text
+    assert "| 50.0 | 50.0 → 47.0 | 30.0 → 60.0 | 2.00 | 60.0 → 180 | 3.00 | 0 → 0 | 0.85 / 0.15 |" in text
+    assert "1->2: 3000 copies compared, 400 shed, 0 failed, top-1 agreement ratio 1.0000" in text
+    alone = report.markdown({**results, "workloads": results["workloads"][1:]})
+    assert "efficientnet_lite0 was not measured in this run: no cost comparison." in alone
 
 
 def test_markdown_and_files_render_from_saved_json(tmp_path: Path) -> None:
