@@ -97,11 +97,15 @@ class ServerProcess:
         raise TimeoutError(f"server not up in {timeout}s:\n{self.log()}")
 
     def wait_loaded(self, timeout: float = 120.0) -> None:
-        """Wait until no model is still pending or loading."""
+        """Wait until no version of any model is still pending or loading (a model's own
+        ``state`` is that of the version that describes it)."""
 
         def loaded(client: httpx.Client) -> bool:
             models = client.get("/v1/models").json()["models"]
-            return all(m["state"] not in ("pending", "loading") for m in models)
+            states = [m["state"] for m in models] + [
+                v["state"] for m in models for v in m.get("versions", [])
+            ]
+            return all(state not in ("pending", "loading") for state in states)
 
         self.wait_until(loaded, timeout)
 
