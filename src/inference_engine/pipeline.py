@@ -46,6 +46,25 @@ class InputRun:
     queue_s: float
     inference_s: float
     batch_size: int
+    item: Any = None  # the prepared input, as the batcher took it
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Inputs ``handler`` decoded and pre-processed already: another version whose
+    pre-processing is the same (a shadow of the same network) queues them as they are."""
+
+    handler: ModelHandler[Any, Any]
+    items: list[Any]
+
+    def fits(self, other: ModelHandler[Any, Any]) -> bool:
+        """``other`` would prepare the same inputs: the same ``preprocess`` code, settings and size."""
+        if type(self.handler).preprocess is not type(other).preprocess:
+            return False
+        if self.handler.decode_min_side() != other.decode_min_side():
+            return False
+        keys = {"preprocessing", "dtype", "device", "options", "handler", "backend"}
+        return self.handler.config.model_dump(include=keys) == other.config.model_dump(include=keys)
 
 
 class InputPipeline:
@@ -122,7 +141,9 @@ class InputPipeline:
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within the request deadline ({runtime.name})") from None
         self._record_batch_spans(enqueued_ns, result)
-        return InputRun(result.output, preprocess_s, result.queue_s, result.inference_s, result.batch_size)
+        return InputRun(
+            result.output, preprocess_s, result.queue_s, result.inference_s, result.batch_size, item
+        )
 
     def _record_batch_spans(self, enqueued_ns: int, result: BatchResult[Any]) -> None:
         """Queue-wait and inference spans for this request, timed from what the batcher measured."""

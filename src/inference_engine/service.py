@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -45,7 +46,7 @@ from inference_engine.outputs import (
     output_tensor,
     tensor_items,
 )
-from inference_engine.pipeline import InputPipeline, both, gather_or_cancel
+from inference_engine.pipeline import InputPipeline, Prepared, both, gather_or_cancel
 from inference_engine.registry import ModelRegistry
 from inference_engine.routing import ServedModel
 from inference_engine.runtime import ModelRuntime, ModelState
@@ -208,7 +209,10 @@ class InferenceService(ModelRegistry):
                 run = await self.pipeline.image(runtime, handler, data, deadline, request_id)
                 scores = output_tensor(handler, offered, "image", "probabilities", [run.output], runtime.name)
                 body = handler.postprocess(run.output, top_k=top_k)
-                self.shadows.offer(model, route, {"images": [data]}, {"probabilities": scores})
+                prepared = Prepared(handler, [run.item])
+                self.shadows.offer(
+                    model, route, {"images": [data], "prepared": prepared}, {"probabilities": scores}
+                )
             else:
                 run, label_embeddings = await both(
                     self.pipeline.image(runtime, handler, data, deadline, request_id),
@@ -220,7 +224,9 @@ class InferenceService(ModelRegistry):
                     embedded = output_tensor(
                         handler, offered, "image", "embeddings", [run.output], runtime.name
                     )
-                    self.shadows.offer(model, route, {"images": [data]}, {"embeddings": embedded})
+                    prepared = Prepared(handler, [run.item])
+                    inputs = {"images": [data], "prepared": prepared}
+                    self.shadows.offer(model, route, inputs, {"embeddings": embedded})
                 output_tensor(handler, offered, "text", "embeddings", list(label_embeddings), runtime.name)
                 body = ranker.rank_labels(run.output, label_embeddings, labels, top_k=top_k)
         return Prediction(
@@ -272,13 +278,16 @@ class InferenceService(ModelRegistry):
         deadline: float,
         request_id: str = "-",
         outputs: Sequence[str] | None = None,
+        prepared: Prepared | None = None,
     ) -> Rows:
         """The output tensors for several inputs of one kind, in order (the V2 protocol's rows).
 
         ``outputs`` names the tensors wanted (``None``: what the model answers for this kind of
         input); everything is checked before any input is queued. Each input is queued on its
         own, so a request's rows batch with everybody else's and a 4-row request may share one
-        forward pass with three single-image requests.
+        forward pass with three single-image requests. ``prepared``: the ``images`` decoded and
+        pre-processed already (by another version of the model); used when this version would
+        prepare them the same way, which spares a shadow copy the decoding.
         """
         kinds = [kind for kind in (images, tensors, texts) if kind]
         if len(kinds) != 1:
@@ -297,7 +306,10 @@ class InferenceService(ModelRegistry):
         wanted = wanted or default_outputs(offered, modality)
         check_outputs(offered, modality, wanted, name)
         with self._accounted(runtime):
-            if images:
+            if images and prepared is not None and prepared.fits(handler):
+                items = prepared.items
+                work = [self.pipeline.submit(runtime, "image", i, 0.0, deadline, request_id) for i in items]
+            elif images:
                 work = [self.pipeline.image(runtime, handler, d, deadline, request_id) for d in images]
             elif checker is not None:
                 size = sum(row.nbytes for row in tensors)
@@ -311,8 +323,11 @@ class InferenceService(ModelRegistry):
             # Built inside the accounting: a refused output (500 model_failed) counts as a failure.
             raw = [run.output for run in runs]
             built = {o: output_tensor(handler, offered, modality, o, raw, runtime.name) for o in wanted}
-        inputs = {"images": images} if images else {"tensors": tensors} if tensors else {"texts": texts}
-        self.shadows.offer(model, route, inputs, built)
+        if route.routed and model.plan.shadow:
+            inputs: dict[str, Any] = {"tensors": tensors} if tensors else {"texts": texts}
+            if images:
+                inputs = {"images": images, "prepared": Prepared(handler, [run.item for run in runs])}
+            self.shadows.offer(model, route, inputs, built)
         return Rows(
             model=name,
             model_version=runtime.version,

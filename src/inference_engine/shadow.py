@@ -93,7 +93,7 @@ class ShadowTraffic:
         batcher = shadow.batchers.get("text" if "texts" in inputs else "image")
         if batcher is None:
             return False
-        count = sum(len(v) for v in inputs.values())
+        count = sum(len(inputs.get(kind, ())) for kind in ("images", "tensors", "texts"))
         try:
             batcher.check_room(count + batcher.policy.max_queue_size // 2)
         except EngineError:

@@ -18,6 +18,7 @@ from inference_engine.errors import LoadFailed, ModelNotFound, ModelNotReady
 from inference_engine.imaging import ImageLimits
 from inference_engine.metrics import Metrics
 from inference_engine.models.loader import scan_repository
+from inference_engine.pipeline import Prepared
 from inference_engine.service import InferenceService
 from inference_engine.settings import BatchingSettings
 from tests.helpers import FIXTURE_MODELS, encode
@@ -216,3 +217,30 @@ async def test_gauges_follow_the_served_set(
     await service.control.load("m")
     service.refresh_gauges()
     assert metrics.model_ready.labels("m", "1")._value.get() == 1.0
+
+
+async def test_a_shadow_of_the_same_network_skips_decoding(tmp_path: Path, metrics: Metrics) -> None:
+    """Two versions of a built-in handler with the same pre-processing: the shadow copy queues
+    the primary's prepared input instead of decoding the image again."""
+    from tests.repository import add_tiny_cnn
+
+    folder = add_tiny_cnn(tmp_path, "m", version_policy="all", traffic={"1": 1}, shadow={"2": 100},
+                          weights="../tiny.pt", labels="../labels.txt")  # fmt: skip
+    for number in (1, 2):
+        (folder / str(number)).mkdir()
+    service = await started(tmp_path, metrics)
+    try:
+        for _ in range(4):
+            await answer(service)
+        await asyncio.sleep(0.3)
+        assert metrics.shadow_requests.labels("m", "1", "2", "compared")._value.get() == 4
+        assert metrics.shadow_agreement_ratio.labels("m", "1", "2")._value.get() == 1.0
+        decoded = metrics.preprocess_duration.labels("m", "2")._sum.get()
+        assert decoded == 0.0  # version 2 decoded nothing
+        first, second = (service.runtime("m", v).handlers[0] for v in ("1", "2"))
+        assert Prepared(first, []).fits(second)
+        other = second.config.preprocessing.model_copy(update={"resize": 70})
+        second.config = second.config.model_copy(update={"preprocessing": other})
+        assert not Prepared(first, []).fits(second)
+    finally:
+        await service.stop(1.0)
