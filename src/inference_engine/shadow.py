@@ -6,9 +6,9 @@ caller never waits for the copy and never sees its failure. Each copy's outputs 
 with the primary's and the agreement is exported per version pair: the same top-1 class and
 the score difference for classifiers, the cosine for embeddings.
 
-Shadows shed first: at most ``max_in_flight`` copies run at once (per server), and a copy is
-not queued unless the shadow version's queue would stay at most half full, so a shadow never
-takes queue room or a forward pass a caller is waiting for.
+Shadows shed first: at most ``max_in_flight`` copies run at once (per server), a copy is not
+made while the primary's callers queue past one batch, and it is not queued unless the shadow
+version's queue would stay at most half full, so a shadow yields to callers as load rises.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from inference_engine.answers import OutputName, Route, Rows, Vector
+from inference_engine.answers import Modality, OutputName, Route, Rows, Vector
 from inference_engine.errors import EngineError
 from inference_engine.metrics import Metrics
 from inference_engine.routing import ServedModel
@@ -79,18 +79,26 @@ class ShadowTraffic:
             if share < 1.0 and random.random() >= share:
                 continue
             pair = (model.name, route.version, shadow.version)
-            if not self._has_room(shadow, inputs):
+            if not self._has_room(shadow, model.versions.get(route.version), inputs):
                 self._count(pair, "shed")
                 continue
             task = asyncio.create_task(self._shadow(pair, inputs, primary), name=f"shadow-{shadow.name}")
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _has_room(self, shadow: ModelRuntime, inputs: Mapping[str, Any]) -> bool:
-        """Room for the copy without crowding callers: under the cap, and the queue half free."""
+    def _has_room(
+        self, shadow: ModelRuntime, primary: ModelRuntime | None, inputs: Mapping[str, Any]
+    ) -> bool:
+        """Room for the copy without crowding callers: under the cap, callers of the primary not
+        queueing past one batch (a copy would only lengthen their wait), and the shadow's queue
+        half free."""
         if len(self._tasks) >= self.max_in_flight or not shadow.ready:
             return False
-        batcher = shadow.batchers.get("text" if "texts" in inputs else "image")
+        kind: Modality = "text" if "texts" in inputs else "image"
+        answering = primary.batchers.get(kind) if primary is not None else None
+        if answering is not None and answering.waiting > answering.policy.max_batch_size:
+            return False
+        batcher = shadow.batchers.get(kind)
         if batcher is None:
             return False
         count = sum(len(inputs.get(kind, ())) for kind in ("images", "tensors", "texts"))

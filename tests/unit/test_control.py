@@ -244,3 +244,21 @@ async def test_a_shadow_of_the_same_network_skips_decoding(tmp_path: Path, metri
         assert not Prepared(first, []).fits(second)
     finally:
         await service.stop(1.0)
+
+
+async def test_no_copy_while_the_primary_callers_queue(tmp_path: Path, metrics: Metrics) -> None:
+    write_model(tmp_path, {1: {"options": {"delay_s": 0.2}, "max_batch_size": 1}, 2: {}},
+                version_policy="all", traffic={"1": 1}, shadow={"2": 100})  # fmt: skip
+    service = await started(tmp_path, metrics)
+    try:
+        # Four callers at once on a one-at-a-time model: those answered while others still wait
+        # get no copy; the last ones, with nobody behind them, do.
+        versions = await asyncio.gather(*(answer(service) for _ in range(4)))
+        await asyncio.sleep(0.3)
+        assert versions == ["1"] * 4
+        pair = ("m", "1", "2")
+        shed = metrics.shadow_requests.labels(*pair, "shed")._value.get()
+        compared = metrics.shadow_requests.labels(*pair, "compared")._value.get()
+        assert shed >= 1 and compared >= 1 and shed + compared == 4
+    finally:
+        await service.stop(1.0)

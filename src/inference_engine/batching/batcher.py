@@ -124,6 +124,11 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
             self._tasks.append(task)
 
     @property
+    def waiting(self) -> int:
+        """Inputs queued or being prepared for this batcher, not yet in a batch."""
+        return len(self._queue) + self._incoming
+
+    @property
     def alive(self) -> bool:
         """True while every batch loop runs."""
         return bool(self._tasks) and all(not t.done() for t in self._tasks)
