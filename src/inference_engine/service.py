@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,10 +24,12 @@ from opentelemetry import trace
 from inference_engine.answers import (
     Embeddings,
     Modality,
+    OutputName,
     Prediction,
     Route,
     Rows,
     TextLimits,
+    Vector,
 )
 from inference_engine.control import ModelControl, ModelRepository
 from inference_engine.errors import (
@@ -36,7 +38,7 @@ from inference_engine.errors import (
 )
 from inference_engine.imaging import ImageLimits
 from inference_engine.metrics import Metrics
-from inference_engine.models.base import Embedding
+from inference_engine.models.base import Embedding, ModelHandler
 from inference_engine.models.capabilities import ZeroShot
 from inference_engine.models.loader import BrokenModel, ModelSpec
 from inference_engine.outputs import (
@@ -46,7 +48,7 @@ from inference_engine.outputs import (
     output_tensor,
     tensor_items,
 )
-from inference_engine.pipeline import InputPipeline, Prepared, both, gather_or_cancel
+from inference_engine.pipeline import InputPipeline, InputRun, Prepared, both, gather_or_cancel
 from inference_engine.registry import ModelRegistry
 from inference_engine.routing import ServedModel
 from inference_engine.runtime import ModelRuntime, ModelState
@@ -209,10 +211,7 @@ class InferenceService(ModelRegistry):
                 run = await self.pipeline.image(runtime, handler, data, deadline, request_id)
                 scores = output_tensor(handler, offered, "image", "probabilities", [run.output], runtime.name)
                 body = handler.postprocess(run.output, top_k=top_k)
-                prepared = Prepared(handler, [run.item])
-                self.shadows.offer(
-                    model, route, {"images": [data], "prepared": prepared}, {"probabilities": scores}
-                )
+                self._mirror(model, route, handler, {"probabilities": scores}, images=[data], runs=[run])
             else:
                 run, label_embeddings = await both(
                     self.pipeline.image(runtime, handler, data, deadline, request_id),
@@ -224,9 +223,7 @@ class InferenceService(ModelRegistry):
                     embedded = output_tensor(
                         handler, offered, "image", "embeddings", [run.output], runtime.name
                     )
-                    prepared = Prepared(handler, [run.item])
-                    inputs = {"images": [data], "prepared": prepared}
-                    self.shadows.offer(model, route, inputs, {"embeddings": embedded})
+                    self._mirror(model, route, handler, {"embeddings": embedded}, images=[data], runs=[run])
                 output_tensor(handler, offered, "text", "embeddings", list(label_embeddings), runtime.name)
                 body = ranker.rank_labels(run.output, label_embeddings, labels, top_k=top_k)
         return Prediction(
@@ -323,11 +320,7 @@ class InferenceService(ModelRegistry):
             # Built inside the accounting: a refused output (500 model_failed) counts as a failure.
             raw = [run.output for run in runs]
             built = {o: output_tensor(handler, offered, modality, o, raw, runtime.name) for o in wanted}
-        if route.routed and model.plan.shadow:
-            inputs: dict[str, Any] = {"tensors": tensors} if tensors else {"texts": texts}
-            if images:
-                inputs = {"images": images, "prepared": Prepared(handler, [run.item for run in runs])}
-            self.shadows.offer(model, route, inputs, built)
+        self._mirror(model, route, handler, built, images=images, runs=runs, tensors=tensors, texts=texts)
         return Rows(
             model=name,
             model_version=runtime.version,
@@ -339,6 +332,27 @@ class InferenceService(ModelRegistry):
             inference_s=max(run.inference_s for run in runs),
             batch_sizes=[run.batch_size for run in runs],
         )
+
+    def _mirror(
+        self,
+        model: ServedModel,
+        route: Route,
+        handler: ModelHandler[Any, Any],
+        outputs: Mapping[OutputName, Vector],
+        *,
+        images: Sequence[bytes] = (),
+        runs: Sequence[InputRun] = (),
+        tensors: Sequence[npt.NDArray[np.float32]] = (),
+        texts: Sequence[str] = (),
+    ) -> None:
+        """Copy a routed request to the model's shadow versions; images with the inputs this
+        version prepared, which a shadow of the same network queues without decoding."""
+        if not (route.routed and model.plan.shadow):
+            return
+        inputs: dict[str, Any] = {"tensors": tensors} if tensors else {"texts": texts}
+        if images:
+            inputs = {"images": images, "prepared": Prepared(handler, [run.item for run in runs])}
+        self.shadows.offer(model, route, inputs, outputs)
 
     def _target(self, target: Route | str) -> tuple[Route, ServedModel, ModelRuntime]:
         """The route, model and runtime of a request (routed now when given a model name)."""
