@@ -200,6 +200,11 @@ class ShadowTraffic:
             with contextlib.suppress(KeyError):
                 self._metrics.shadow_agreement_ratio.remove(*pair)
 
+    async def settle(self, timeout_s: float) -> None:
+        """Wait (up to ``timeout_s``) for the copies running now to finish."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+
     async def stop(self) -> None:
         """Cancel the copies still running (shutdown: nobody waits for them)."""
         for task in list(self._tasks):

@@ -63,6 +63,11 @@ async def service(tmp_path: Path, metrics: Metrics) -> AsyncIterator[InferenceSe
     await svc.stop(1.0)
 
 
+async def copies_done(service: InferenceService, timeout_s: float = 10.0) -> None:
+    """Wait until no shadow copy is running (they run after the answer, in the background)."""
+    await service.shadows.settle(timeout_s)
+
+
 async def answer(service: InferenceService, target: Route | str = "m", image: bytes = GREEN) -> str:
     prediction = await service.infer(target, image, top_k=1, deadline=time.monotonic() + 10)
     return prediction.model_version
@@ -160,19 +165,19 @@ async def test_a_shadow_is_compared_and_its_failures_stay_hidden(tmp_path: Path,
     service = await started(tmp_path, metrics)
     try:
         assert {await answer(service) for _ in range(5)} == {"1"}
-        await asyncio.sleep(0.3)
+        await copies_done(service)
         pair = ("m", "1", "2")
         assert metrics.shadow_requests.labels(*pair, "compared")._value.get() == 5
         assert metrics.shadow_agreement_ratio.labels(*pair)._value.get() == 1.0
         await answer(service, Route("m", "1"))  # a pinned request is not copied
-        await asyncio.sleep(0.1)
+        await copies_done(service)
         assert metrics.shadow_requests.labels(*pair, "compared")._value.get() == 5
         # Version 2 now fails every batch with a blue image (it passes its grey canary).
         write_model(tmp_path, {2: {"options": {"fail_batch_on_blue": True}}}, version_policy="all",
                     traffic={"1": 1}, shadow={"2": 100})  # fmt: skip
         await service.control.load("m")
         assert {await answer(service, image=BLUE) for _ in range(3)} == {"1"}
-        await asyncio.sleep(0.3)
+        await copies_done(service)
         assert metrics.shadow_requests.labels(*pair, "failed")._value.get() == 3
         service.shadows.max_in_flight = 0
         await answer(service)
@@ -204,7 +209,7 @@ async def test_gauges_follow_the_served_set(
     await service.control.load("m")
     assert metrics.traffic_weight.labels("m", "2")._value.get() == 0.75
     await answer(service, Route("m", "2", routed=True))
-    await asyncio.sleep(0.2)
+    await copies_done(service)
     assert metrics.shadow_agreement_ratio.labels("m", "2", "1")._value.get() == 1.0
     # Roll back: version 2 stays served without traffic; the shadow goes, and its ratio with it.
     write_model(tmp_path, {1: {}, 2: {}}, version_policy="all", traffic={"1": 1})
@@ -232,7 +237,7 @@ async def test_a_shadow_of_the_same_network_skips_decoding(tmp_path: Path, metri
     try:
         for _ in range(4):
             await answer(service)
-        await asyncio.sleep(0.3)
+        await copies_done(service)
         assert metrics.shadow_requests.labels("m", "1", "2", "compared")._value.get() == 4
         assert metrics.shadow_agreement_ratio.labels("m", "1", "2")._value.get() == 1.0
         decoded = metrics.preprocess_duration.labels("m", "2")._sum.get()
@@ -254,7 +259,7 @@ async def test_no_copy_while_the_primary_callers_queue(tmp_path: Path, metrics: 
         # Four callers at once on a one-at-a-time model: those answered while others still wait
         # get no copy; the last ones, with nobody behind them, do.
         versions = await asyncio.gather(*(answer(service) for _ in range(4)))
-        await asyncio.sleep(0.3)
+        await copies_done(service)
         assert versions == ["1"] * 4
         pair = ("m", "1", "2")
         shed = metrics.shadow_requests.labels(*pair, "shed")._value.get()
