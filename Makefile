@@ -11,7 +11,7 @@ MODEL_REPOSITORY ?= models
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev serve lint format test test-fast bench bench-quick bench-levers stress soak docs docker clean
+.PHONY: help install install-dev serve lint format test test-fast bench bench-quick bench-levers stress soak docs proto docker clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -69,6 +69,11 @@ soak: install-dev ## Soak test: mixed load for SOAK_SECONDS (600), flat memory/f
 
 docs: install ## Regenerate docs/CONFIGURATION.md from the settings models
 	$(BIN)/inference-engine config docs > docs/CONFIGURATION.md
+
+PROTO := src/inference_engine/rpc/proto/grpc_predict_v2.proto
+proto: install-dev ## Regenerate the gRPC modules and their type stubs from $(PROTO)
+	cd src && PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/python -m grpc_tools.protoc -I . \
+		--python_out=. --mypy_out=. --grpc_python_out=. --mypy_grpc_out=. $(PROTO:src/%=%)
 
 VARIANT ?= cpu
 docker: ## Build the container image (VARIANT=cpu or cuda); needs a Docker engine

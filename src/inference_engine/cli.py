@@ -53,6 +53,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to bind")
     serve.add_argument("--port", type=int, help="port to listen on")
+    serve.add_argument("--grpc-port", type=int, help="port of the gRPC listener (Open Inference Protocol V2)")
+    serve.add_argument("--no-grpc", action="store_true", help="serve HTTP only, no gRPC listener")
     serve.add_argument("--log-format", choices=["json", "text"], help="log format")
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="log level")
 
@@ -94,7 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _auth(args: argparse.Namespace) -> int:
-    from inference_engine.api.access import hash_key
+    from inference_engine.access import hash_key
 
     if args.auth_command == "new-key":
         key = secrets.token_urlsafe(32)
@@ -115,6 +117,11 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     server = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
     if server:
         overrides["server"] = server
+    grpc: dict[str, Any] = {"enabled": False} if getattr(args, "no_grpc", False) else {}
+    if getattr(args, "grpc_port", None) is not None:
+        grpc["port"] = args.grpc_port
+    if grpc:
+        overrides["grpc"] = grpc
     log = {"format": getattr(args, "log_format", None), "level": getattr(args, "log_level", None)}
     if any(log.values()):
         overrides["logging"] = {k: v for k, v in log.items() if v is not None}

@@ -15,12 +15,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inference_engine.answers import IndexEntry
-from inference_engine.errors import LoadFailed, ModelNotFound
+from inference_engine.errors import BadRequest, Forbidden, LoadFailed, ModelNotFound
 from inference_engine.models.loader import MODEL_FILE, ModelSpec, discover, scan_model
 from inference_engine.routing import ServedModel
 from inference_engine.runtime import ModelRuntime, ModelState
@@ -271,6 +272,18 @@ class ModelControl:
                 f"no model folder {name[:64]!r} with a {MODEL_FILE} in {self.repository.path}"
             )
         return directory
+
+
+def check_control_request(enabled: bool, parameters: Iterable[str] = ()) -> None:
+    """Refuse a model control request (either transport) that this server will not carry out:
+    control is off (``server.model_control``), or the request brings a configuration or files of
+    its own (Triton's ``config`` and ``file:`` parameters): models change by editing their folder."""
+    if not enabled:
+        raise Forbidden("model control is off on this server (server.model_control: false)")
+    if any(name == "config" or name.startswith("file:") for name in parameters):
+        raise BadRequest(
+            "loading a model from a configuration in the request is not supported; edit its folder"
+        )
 
 
 def _unchanged(old: ModelRuntime, spec: ModelSpec) -> bool:

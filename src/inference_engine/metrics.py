@@ -46,14 +46,15 @@ class Metrics:
         self.asyncio_tasks.set_function(_asyncio_tasks)
         self.requests = Counter(
             f"{PREFIX}_requests",
-            "HTTP requests answered.",
-            ["model", "version", "route", "status"],
+            "Requests answered (protocol: http or grpc; route: the HTTP route or the gRPC method; "
+            "status: the HTTP status, or for gRPC the HTTP status of the same outcome over REST).",
+            ["model", "version", "route", "status", "protocol"],
             registry=r,
         )
         self.request_duration = Histogram(
             f"{PREFIX}_request_duration_seconds",
             "Time from request arrival to response, per route.",
-            ["model", "version", "route"],
+            ["model", "version", "route", "protocol"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

@@ -15,7 +15,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from inference_engine import __version__
+from inference_engine.access import AccessPolicy
 from inference_engine.api import create_app
+from inference_engine.api.app import Transport
 from inference_engine.control import ModelRepository
 from inference_engine.drain import CloseWhileDraining, DrainingServer
 from inference_engine.errors import ConfigError
@@ -23,6 +25,7 @@ from inference_engine.logging import configure_logging
 from inference_engine.metrics import Metrics
 from inference_engine.models.loader import ModelSpec, scan_repository
 from inference_engine.protocol import bounded_http_protocol
+from inference_engine.rpc.server import GrpcTransport
 from inference_engine.service import InferenceService, TextLimits
 from inference_engine.settings import Settings
 from inference_engine.tracing import build_tracer_provider, get_tracer
@@ -51,11 +54,17 @@ def check_settings(settings: Settings) -> None:
 
 
 def build_app(
-    settings: Settings, metrics: Metrics | None = None, tracer_provider: TracerProvider | None = None
+    settings: Settings,
+    metrics: Metrics | None = None,
+    tracer_provider: TracerProvider | None = None,
+    *,
+    grpc: bool = False,
 ) -> FastAPI:
     """Validate the model repository and build the app; raises ``ModelLoadError`` if it is unusable.
 
     ``tracer_provider`` replaces the one ``tracing`` settings would build (tests pass their own).
+    ``grpc``: also listen for gRPC when ``grpc.enabled`` (``serve`` asks; an app built in a test
+    process serves HTTP only unless the test asks too).
     """
     check_settings(settings)
     metrics = metrics or Metrics()
@@ -88,7 +97,11 @@ def build_app(
         ),
         shadow_max_in_flight=settings.server.shadow_max_in_flight,
     )
-    return create_app(settings, service, metrics, tracer_provider)
+    access = AccessPolicy.from_settings(settings.auth, settings.rate_limit)
+    transports: list[Transport] = []
+    if grpc and settings.grpc.enabled:
+        transports.append(GrpcTransport(settings, service, metrics, access))
+    return create_app(settings, service, metrics, tracer_provider, access=access, transports=transports)
 
 
 def split_absent_weights(specs: list[ModelSpec]) -> tuple[list[ModelSpec], dict[str, str]]:
@@ -115,12 +128,13 @@ def serve(settings: Settings) -> int:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    app = build_app(settings)
+    app = build_app(settings, grpc=True)
     service: InferenceService = app.state.service
     logger.info(
         "starting inference-engine",
         extra={"version": __version__, "env": settings.env, "host": settings.server.host,
-               "port": settings.server.port, "model_repository": str(settings.model_repository)},
+               "port": settings.server.port, "model_repository": str(settings.model_repository),
+               "grpc_port": settings.grpc.port if settings.grpc.enabled else None},
     )  # fmt: skip
     config = uvicorn.Config(
         CloseWhileDraining(app, service),

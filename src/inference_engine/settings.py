@@ -90,6 +90,18 @@ class ServerSettings(_Section):
     shadow never takes the capacity callers wait for."""
 
 
+class GrpcSettings(_Section):
+    enabled: bool = True
+    """Also serve the Open Inference Protocol V2 over gRPC (``inference.GRPCInferenceService``,
+    with the ``grpc.health.v1`` health service and server reflection) on ``port``, beside HTTP,
+    on the same host, event loop, batchers and drain. Off in the test config."""
+    port: int = Field(8001, ge=0, le=65535)
+    """TCP port of the gRPC listener (Triton's 8001; 0 picks a free port, logged at start)."""
+    max_message_bytes: int | None = Field(None, gt=0)
+    """Largest gRPC request message accepted (RESOURCE_EXHAUSTED past it); unset means
+    ``server.max_body_bytes``, so both transports take the same requests."""
+
+
 class BatchingSettings(_Section):
     """Defaults for every model; a model's ``model.yaml`` may override each of them."""
 
@@ -237,6 +249,8 @@ class Settings(BaseSettings):
     """Intra-op threads for torch; 0 leaves torch's default (one per core)."""
     server: ServerSettings = Field(default_factory=ServerSettings)
     """HTTP server and request handling."""
+    grpc: GrpcSettings = Field(default_factory=GrpcSettings)
+    """The gRPC listener (Open Inference Protocol V2)."""
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     """Dynamic batching defaults."""
     images: ImageSettings = Field(default_factory=ImageSettings)

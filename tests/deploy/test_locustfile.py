@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from inference_engine.api.access import hash_key
+from inference_engine.access import hash_key
 from tests.helpers import ROOT, ServerProcess
 from tests.repository import add_colour_model
 

@@ -185,9 +185,9 @@ def test_hand_written_notes_name_real_keys() -> None:
 
 @pytest.mark.parametrize(("flag", "key"), configdocs.SERVE_FLAGS)
 def test_serve_flags_set_the_documented_key(flag: str, key: str) -> None:
-    name = flag.split()[0]
+    name, *metavar = flag.split()
     value = "DEBUG" if name == "--log-level" else "json" if name == "--log-format" else "1"
-    args = cli._build_parser().parse_args(["serve", name, value])
+    args = cli._build_parser().parse_args(["serve", name, *([value] if metavar else [])])
 
     assert flatten(cli._overrides(args)) == [key]
 

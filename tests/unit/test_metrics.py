@@ -25,17 +25,29 @@ def test_two_metrics_objects_do_not_collide() -> None:
     second = Metrics()  # a shared global registry would raise "Duplicated timeseries" here
 
     assert first.registry is not second.registry
-    first.requests.labels(model="m", version="1", route="predict", status="200").inc()
+    first.requests.labels(model="m", version="1", route="predict", status="200", protocol="http").inc()
 
     assert (
         sample(
-            first, "inference_engine_requests_total", model="m", version="1", route="predict", status="200"
+            first,
+            "inference_engine_requests_total",
+            model="m",
+            version="1",
+            route="predict",
+            status="200",
+            protocol="http",
         )
         == 1.0
     )
     assert (
         sample(
-            second, "inference_engine_requests_total", model="m", version="1", route="predict", status="200"
+            second,
+            "inference_engine_requests_total",
+            model="m",
+            version="1",
+            route="predict",
+            status="200",
+            protocol="http",
         )
         is None
     )
@@ -55,17 +67,17 @@ def test_render_after_observations() -> None:
     metrics = Metrics()
 
     metrics.build_info.labels(version="1.2.3").set(1)
-    metrics.requests.labels(model="m", version="1", route="predict", status="200").inc(2)
+    metrics.requests.labels(model="m", version="1", route="predict", status="200", protocol="http").inc(2)
     metrics.batch_size.labels(model="m", version="1").observe(5)
     metrics.batch_size.labels(model="m", version="1").observe(1)
     metrics.queue_depth.labels(model="m", version="1").set(7)
-    metrics.request_duration.labels(model="m", version="1", route="predict").observe(0.03)
+    metrics.request_duration.labels(model="m", version="1", route="predict", protocol="http").observe(0.03)
     metrics.errors.labels(model="m", version="1", type="queue_full").inc()
     text = metrics.render().decode()
 
     assert isinstance(metrics.render(), bytes)
     assert "# TYPE inference_engine_requests_total counter" in text
-    assert 'inference_engine_requests_total{model="m",route="predict",status="200",version="1"} 2.0' in text
+    assert 'inference_engine_requests_total{model="m",protocol="http",route="predict",status="200",version="1"} 2.0' in text
     assert "# TYPE inference_engine_batch_size histogram" in text
     assert 'inference_engine_batch_size_bucket{le="1.0",model="m",version="1"} 1.0' in text
     assert 'inference_engine_batch_size_bucket{le="4.0",model="m",version="1"} 1.0' in text
@@ -84,6 +96,7 @@ def test_render_after_observations() -> None:
             model="m",
             version="1",
             route="predict",
+            protocol="http",
         )
         == 1.0
     )

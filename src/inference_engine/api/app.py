@@ -7,20 +7,20 @@ drains and unloads them at shutdown.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from fastapi import FastAPI
 
 from inference_engine import __version__
+from inference_engine.access import AccessPolicy
 from inference_engine.api import embeddings, health, playground, repository, routes, v2
 from inference_engine.api.access import AccessControlMiddleware
 from inference_engine.api.errors import install_error_handlers
 from inference_engine.api.middleware import RequestContextMiddleware
 from inference_engine.fetch import ImageFetcher
 from inference_engine.metrics import Metrics
-from inference_engine.ratelimit import RateLimiter
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
 from inference_engine.watchdog import Watchdog
@@ -29,12 +29,26 @@ if TYPE_CHECKING:  # the SDK is an optional extra
     from opentelemetry.sdk.trace import TracerProvider
 
 
+class Transport(Protocol):
+    """Another listener over the same service (gRPC): started once the service runs, stopped
+    (its calls drained within ``grace_s``) before the service drains its models."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, grace_s: float) -> None: ...
+
+
 def create_app(
     settings: Settings,
     service: InferenceService,
     metrics: Metrics,
     tracer_provider: TracerProvider | None = None,
+    *,
+    access: AccessPolicy | None = None,
+    transports: Sequence[Transport] = (),
 ) -> FastAPI:
+    """The HTTP application; ``access`` is shared with the ``transports`` (one rate limit per key)."""
+    access = access or AccessPolicy.from_settings(settings.auth, settings.rate_limit)
     fetcher = ImageFetcher(settings.urls) if settings.urls.enabled else None
 
     watchdog = Watchdog(service, settings.watchdog)
@@ -44,9 +58,15 @@ def create_app(
         service.start()
         service.control.start_polling(settings.server.repository_poll_s)
         watchdog.start()
+        started: list[Transport] = []
         try:
+            for transport in transports:
+                await transport.start()
+                started.append(transport)
             yield
         finally:
+            for transport in started:  # after HTTP's drain: their calls finish on running models
+                await transport.stop(settings.server.drain_timeout_s)
             await watchdog.stop()
             await service.stop(settings.server.drain_timeout_s)
             if fetcher is not None:
@@ -78,11 +98,8 @@ def create_app(
     app.include_router(embeddings.build_router(service, settings))
     control_router = repository.build_router(service, settings)
     app.include_router(control_router)
-    limiter = RateLimiter(settings.rate_limit) if settings.rate_limit.enabled else None
     # Added first, so it runs inside the request-context middleware (request ids on its errors).
-    app.add_middleware(
-        AccessControlMiddleware, auth=settings.auth, limiter=limiter, enabled_auth=settings.auth.enabled
-    )
+    app.add_middleware(AccessControlMiddleware, policy=access)
     if settings.server.playground:  # the static page loads without a key; its API calls need one
         app.add_middleware(playground.PublicPlaygroundMiddleware)
     app.add_middleware(

@@ -12,17 +12,17 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from inference_engine.accesslog import record_request
 from inference_engine.api.access import OPERATIONAL_PATHS
 from inference_engine.api.errors import error_response
 from inference_engine.logging import RequestContext, current_request
 from inference_engine.metrics import Metrics
 
-access_logger = logging.getLogger("inference_engine.access")
 error_logger = logging.getLogger("inference_engine.api")
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
@@ -124,25 +124,13 @@ class RequestContextMiddleware:
     def _finish(self, scope: Scope, ctx: RequestContext, status: int, elapsed: float) -> None:
         route = scope.get("route")
         route_path: str = getattr(route, "path", None) or "unmatched"
-        model, version = ctx.model or "", ctx.version or ""
-        self.metrics.requests.labels(model, version, route_path, str(status)).inc()
-        self.metrics.request_duration.labels(model, version, route_path).observe(elapsed)
-        if ctx.error is not None:
-            self.metrics.errors.labels(model, version, ctx.error).inc()
-        if not self.access_log or (route_path in OPERATIONAL_PATHS and status < 400):
-            return
-        fields: dict[str, Any] = {
-            "method": scope.get("method"),
-            "path": scope.get("path"),
-            "status": status,
-            "duration_ms": round(elapsed * 1000, 2),
-        }
-        if ctx.model:
-            fields["model"] = ctx.model
-        if ctx.version:
-            fields["version"] = ctx.version
-        if ctx.batch_size is not None:
-            fields["batch_size"] = ctx.batch_size
-        if ctx.error is not None:
-            fields["error"] = ctx.error
-        access_logger.info("request", extra=fields)
+        record_request(
+            self.metrics,
+            ctx,
+            protocol="http",
+            route=route_path,
+            status=status,
+            elapsed=elapsed,
+            log_line=self.access_log and not (route_path in OPERATIONAL_PATHS and status < 400),
+            fields={"method": scope.get("method"), "path": scope.get("path")},
+        )

@@ -16,7 +16,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from inference_engine.api.request import InferenceCall
-from inference_engine.errors import BadRequest, Forbidden
+from inference_engine.control import check_control_request
+from inference_engine.errors import BadRequest
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
 
@@ -42,10 +43,6 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
     router = APIRouter(tags=["model control"])
     control = service.control
 
-    def allowed() -> None:
-        if not settings.server.model_control:
-            raise Forbidden("model control is off on this server (server.model_control: false)")
-
     @router.post(f"{PREFIX}/index", summary="Every model and version in the repository, with its state")
     async def index(request: Request) -> JSONResponse:
         document = await _document(InferenceCall(request, settings.server))
@@ -63,21 +60,18 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
         responses={400: {"description": "The folder or a version is wrong; what served still serves"}},
     )
     async def load(name: str, request: Request) -> JSONResponse:
-        allowed()
+        check_control_request(settings.server.model_control)
         document = await _document(InferenceCall(request, settings.server))
         parameters = document.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise BadRequest("'parameters' must be an object")
-        if "config" in parameters or any(key.startswith("file:") for key in parameters):
-            raise BadRequest(
-                "loading a model from a configuration in the request is not supported; edit its folder"
-            )
+        check_control_request(True, parameters)
         await control.load(name)
         return JSONResponse({})
 
     @router.post(f"{PREFIX}/models/{{name}}/unload", summary="Drain and unload every version of a model")
     async def unload(name: str, request: Request) -> JSONResponse:
-        allowed()
+        check_control_request(settings.server.model_control)
         await _document(InferenceCall(request, settings.server))
         await control.unload(name)
         return JSONResponse({})

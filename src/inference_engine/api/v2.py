@@ -1,54 +1,40 @@
 """Open Inference Protocol V2 over REST (KServe, Triton, MLServer clients work unchanged).
 
-Every model speaks it with the inputs and outputs its tasks allow:
-
-* inputs (one per request; the first dimension is the batch of rows): ``image`` ``BYTES``
-  (encoded images), ``pixel_values`` ``FP32`` ``[N, 3, H, W]`` (pre-processed, for handlers
-  whose input is that array), ``text`` ``BYTES`` (models with a text tower). Any other name is
-  taken by its datatype: ``BYTES`` as images, floating point as pixel values.
-* outputs: ``probabilities`` ``FP32`` ``[N, classes]`` (with Triton's classification extension:
-  ``"parameters": {"classification": k}`` gives ``"score:index:label"`` strings) and
-  ``embeddings`` ``FP32`` ``[N, dim]``.
-
-Each row goes through the model's dynamic batcher on its own, so rows of one request and
-single-image requests share forward passes; rows come back together and in order.
+The tensors each model takes and gives are described in ``v2codec.py`` (shared with gRPC). Each
+row goes through the model's dynamic batcher on its own, so rows of one request and single-image
+requests share forward passes; rows come back together and in order.
 """
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from inference_engine import __version__
-from inference_engine.answers import ModelMetadata, OutputName, Rows
+from inference_engine.answers import ModelMetadata, Rows
 from inference_engine.api.health import tensor
 from inference_engine.api.request import InferenceCall, off_loop
-from inference_engine.api.v2codec import (
+from inference_engine.service import InferenceService
+from inference_engine.settings import Settings
+from inference_engine.v2codec import (
+    EXTENSIONS,
     HEADER_LENGTH,
     NUMERIC_TYPES,
     InferenceRequest,
-    InputTensor,
-    OutputTensor,
-    RequestedOutput,
-    decode_base64_elements,
     decode_request,
     encode_response,
+    metadata_inputs,
+    output_tensors,
+    requested_outputs,
+    service_arguments,
 )
-from inference_engine.errors import BadRequest
-from inference_engine.numerics import top_k_predictions
-from inference_engine.service import InferenceService
-from inference_engine.settings import Settings
-
-EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
 
 
 def metadata_body(meta: ModelMetadata) -> dict[str, Any]:
     """``GET /v2/models/{m}``: the tensors this model takes and gives."""
-    image, *texts = meta.inputs  # V2 lists pre-processed pixels right after encoded images
-    inputs = [image, *([meta.tensor_input] if meta.tensor_input else []), *texts]
+    inputs = metadata_inputs(meta)
     return {
         "name": meta.name,
         "versions": list(meta.versions) or [meta.version],
@@ -58,55 +44,16 @@ def metadata_body(meta: ModelMetadata) -> dict[str, Any]:
     }
 
 
-def _rows_kwargs(tensor: InputTensor) -> dict[str, Any]:
-    """Which kind of rows an input holds: its name first, then its datatype."""
-    if tensor.datatype == "BYTES":
-        if tensor.name == "text":
-            assert tensor.elements is not None
-            try:
-                return {"texts": [e.decode("utf-8") for e in tensor.elements]}
-            except UnicodeDecodeError:
-                raise BadRequest("input 'text' must be UTF-8") from None
-        return {"images": decode_base64_elements(tensor)}
-    if tensor.datatype in ("FP16", "FP32", "FP64"):
-        assert tensor.array is not None
-        if tensor.array.ndim != 4:
-            raise BadRequest(
-                f"input {tensor.name!r}: pixel values must have shape [N, 3, H, W], got {tensor.shape}"
-            )
-        return {"tensors": list(tensor.array.astype(np.float32, copy=False))}
-    raise BadRequest(
-        f"input {tensor.name!r}: datatype {tensor.datatype} is not an image, text or pixel tensor"
-    )
-
-
 def decode(body: bytes, header_length: str | None) -> tuple[InferenceRequest, dict[str, Any]]:
     """The request and the service arguments its one input becomes (off the loop when large)."""
     decoded = decode_request(body, header_length)
-    if len(decoded.inputs) != 1:
-        names = ", ".join(t.name for t in decoded.inputs)
-        raise BadRequest(f"send exactly one input (image, pixel_values or text); got {names}")
-    return decoded, _rows_kwargs(decoded.inputs[0])
-
-
-def _output(rows: Rows, wanted: RequestedOutput) -> OutputTensor:
-    array = rows.tensors[cast("OutputName", wanted.name)]  # the service answered every name asked
-    if wanted.name == "probabilities" and wanted.classification is not None:
-        k = min(wanted.classification, len(rows.labels) or wanted.classification)
-        elements = [
-            f"{p['score']:f}:{p['index']}:{p['label']}".encode()
-            for row in array
-            for p in top_k_predictions(row, rows.labels, k)
-        ]
-        return OutputTensor(wanted.name, "BYTES", [len(array), k], elements=elements, binary=wanted.binary)
-    return OutputTensor(wanted.name, "FP32", list(array.shape), array=array, binary=wanted.binary)
+    return decoded, service_arguments(decoded)
 
 
 def encode(request: InferenceRequest, rows: Rows) -> Response:
     """The V2 answer for ``rows``: the outputs asked for, or every one the service answered."""
-    wanted = request.outputs or [RequestedOutput(name, request.binary_output) for name in rows.tensors]
     body, header_length = encode_response(
-        rows.model, rows.model_version, request.id, [_output(rows, w) for w in wanted]
+        rows.model, rows.model_version, request.id, output_tensors(request, rows)
     )
     if header_length is None:
         return Response(body, media_type="application/json")
@@ -208,10 +155,13 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
         service.admit(route)
         body = await call.body()
         decoded, rows_kwargs = await off_loop(len(body), decode, body, request.headers.get(HEADER_LENGTH))
-        outputs = [w.name for w in decoded.outputs] if decoded.outputs else None
         rows = await call.answer(
             service.run_rows(
-                route, deadline=call.deadline, request_id=call.request_id, outputs=outputs, **rows_kwargs
+                route,
+                deadline=call.deadline,
+                request_id=call.request_id,
+                outputs=requested_outputs(decoded),
+                **rows_kwargs,
             )
         )
         size = sum(array.nbytes for array in rows.tensors.values())

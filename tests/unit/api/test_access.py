@@ -9,7 +9,8 @@ import httpx
 import pytest
 from starlette.datastructures import Headers
 
-from inference_engine.api.access import ApiKeys, hash_key, presented_key
+from inference_engine.access import ApiKeys, hash_key
+from inference_engine.api.access import presented_key
 from inference_engine.errors import ConfigError
 from inference_engine.metrics import Metrics
 from inference_engine.server import build_app

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from inference_engine.api.access import hash_key
+from inference_engine.access import hash_key
 from inference_engine.api.playground import PAGE_CSP, load_assets
 from inference_engine.metrics import Metrics
 from inference_engine.server import build_app

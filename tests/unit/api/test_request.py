@@ -11,7 +11,7 @@ import pytest
 from starlette.requests import Request
 from starlette.types import Message
 
-from inference_engine.api.access import hash_key
+from inference_engine.access import hash_key
 from inference_engine.api.payload import read_image_request
 from inference_engine.api.request import OFF_LOOP_BYTES, InferenceCall, off_loop
 from inference_engine.errors import ClientDisconnected

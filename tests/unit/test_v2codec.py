@@ -7,14 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from inference_engine.api.v2codec import (
+from inference_engine.errors import BadRequest
+from inference_engine.v2codec import (
     OutputTensor,
     decode_request,
     deserialize_bytes,
     encode_response,
     serialize_bytes,
 )
-from inference_engine.errors import BadRequest
 
 
 def test_bytes_round_trip() -> None:

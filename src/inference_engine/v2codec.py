@@ -1,6 +1,19 @@
-"""Open Inference Protocol V2 tensors: JSON and Triton's binary tensor extension, both ways.
+"""Open Inference Protocol V2 tensors, shared by its two transports (REST in ``api/v2.py``,
+gRPC in ``rpc/``): what an inference request's one input becomes for the service, what the
+service's rows become as output tensors, and the REST encodings (JSON and Triton's binary tensor
+extension) both ways.
 
-A request body is either plain JSON, or (binary extension) a JSON header of
+Every model speaks V2 with the inputs and outputs its tasks allow:
+
+* inputs (one per request; the first dimension is the batch of rows): ``image`` ``BYTES``
+  (encoded images), ``pixel_values`` ``FP32`` ``[N, 3, H, W]`` (pre-processed, for handlers
+  whose input is that array), ``text`` ``BYTES`` (models with a text tower). Any other name is
+  taken by its datatype: ``BYTES`` as images, floating point as pixel values.
+* outputs: ``probabilities`` ``FP32`` ``[N, classes]`` (with Triton's classification extension:
+  ``"parameters": {"classification": k}`` gives ``"score:index:label"`` strings) and
+  ``embeddings`` ``FP32`` ``[N, dim]``.
+
+A REST request body is either plain JSON, or (binary extension) a JSON header of
 ``Inference-Header-Content-Length`` bytes followed by the raw tensors, in input order, each
 ``binary_data_size`` bytes long: little-endian, row-major; a ``BYTES`` tensor is a sequence of
 4-byte little-endian lengths each followed by that many bytes, so encoded images travel as they
@@ -15,15 +28,21 @@ import binascii
 import math
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
+from inference_engine.answers import ModelMetadata, OutputName, Rows, TensorSpec
 from inference_engine.errors import BadRequest
+from inference_engine.numerics import top_k_predictions
 
 HEADER_LENGTH = "inference-header-content-length"
+
+#: The protocol extensions this server implements (server metadata lists them); the binary tensor
+#: extension is REST's (gRPC carries raw bytes natively).
+EXTENSIONS = ["binary_tensor_data", "classification", "model_repository", "statistics"]
 
 NUMERIC_TYPES: dict[str, np.dtype[Any]] = {
     name: np.dtype(kind).newbyteorder("<")
@@ -40,7 +59,11 @@ MAX_ELEMENTS = 64 * 3 * 1920 * 1080
 
 @dataclass
 class InputTensor:
-    """One decoded request input: ``array`` for numeric types, ``elements`` for ``BYTES``."""
+    """One decoded request input: ``array`` for numeric types, ``elements`` for ``BYTES``.
+
+    ``raw``: the elements are the bytes themselves (binary data, gRPC), not JSON strings, which
+    carry images as base64.
+    """
 
     name: str
     datatype: str
@@ -48,6 +71,7 @@ class InputTensor:
     array: npt.NDArray[Any] | None = None
     elements: list[bytes] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    raw: bool = False
 
     @property
     def rows(self) -> int:
@@ -126,7 +150,7 @@ def _numeric(data: Any, datatype: str) -> npt.NDArray[Any] | None:
     return array.reshape(-1)
 
 
-def _shape(raw: Any, name: str) -> list[int]:
+def check_shape(raw: Any, name: str) -> list[int]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in raw):
         raise BadRequest(f"input {name!r}: 'shape' must be a list of integers")
     if any(d < 0 for d in raw):
@@ -145,7 +169,7 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTenso
         raise BadRequest("each input needs a 'name'")
     if datatype != "BYTES" and datatype not in NUMERIC_TYPES:
         raise BadRequest(f"input {name!r}: unknown datatype {str(datatype)[:16]!r}")
-    shape = _shape(raw.get("shape"), name)
+    shape = check_shape(raw.get("shape"), name)
     parameters = raw.get("parameters") or {}
     if not isinstance(parameters, dict):
         raise BadRequest(f"input {name!r}: 'parameters' must be an object")
@@ -157,6 +181,7 @@ def _decode_input(raw: Any, binary: memoryview, offset: int) -> tuple[InputTenso
             raise BadRequest(f"input {name!r}: binary_data_size {size!r} does not fit the request body")
         chunk = bytes(binary[offset : offset + size])
         offset += size
+        tensor.raw = True
         if datatype == "BYTES":
             tensor.elements = deserialize_bytes(chunk, name)
         else:
@@ -251,9 +276,9 @@ def decode_request(body: bytes, header_length: str | None) -> InferenceRequest:
 
 
 def decode_base64_elements(tensor: InputTensor) -> list[bytes]:
-    """BYTES elements that arrived as JSON strings carry images as base64; binary ones are raw."""
+    """BYTES elements that arrived as JSON strings carry images as base64; raw ones are the images."""
     assert tensor.elements is not None
-    if tensor.parameters.get("binary_data_size") is not None:
+    if tensor.raw:
         return tensor.elements
     try:
         return [base64.b64decode(e, validate=True) for e in tensor.elements]
@@ -291,3 +316,63 @@ def encode_response(
     if not blobs:
         return header, None
     return header + b"".join(blobs), len(header)
+
+
+def metadata_inputs(meta: ModelMetadata) -> list[TensorSpec]:
+    """The inputs V2 metadata lists: encoded images, then pre-processed pixels, then texts."""
+    image, *texts = meta.inputs
+    return [image, *([meta.tensor_input] if meta.tensor_input else []), *texts]
+
+
+def _rows_arguments(tensor: InputTensor) -> dict[str, Any]:
+    """Which kind of rows an input holds: its name first, then its datatype."""
+    if tensor.datatype == "BYTES":
+        if tensor.name == "text":
+            assert tensor.elements is not None
+            try:
+                return {"texts": [e.decode("utf-8") for e in tensor.elements]}
+            except UnicodeDecodeError:
+                raise BadRequest("input 'text' must be UTF-8") from None
+        return {"images": decode_base64_elements(tensor)}
+    if tensor.datatype in ("FP16", "FP32", "FP64"):
+        assert tensor.array is not None
+        if tensor.array.ndim != 4:
+            raise BadRequest(
+                f"input {tensor.name!r}: pixel values must have shape [N, 3, H, W], got {tensor.shape}"
+            )
+        return {"tensors": list(tensor.array.astype(np.float32, copy=False))}
+    raise BadRequest(
+        f"input {tensor.name!r}: datatype {tensor.datatype} is not an image, text or pixel tensor"
+    )
+
+
+def service_arguments(request: InferenceRequest) -> dict[str, Any]:
+    """The keyword arguments of ``InferenceService.run_rows`` that the request's one input becomes."""
+    if len(request.inputs) != 1:
+        names = ", ".join(t.name for t in request.inputs)
+        raise BadRequest(f"send exactly one input (image, pixel_values or text); got {names}")
+    return _rows_arguments(request.inputs[0])
+
+
+def requested_outputs(request: InferenceRequest) -> list[OutputName] | None:
+    """The output names asked for (the service checks them), or ``None`` for every one."""
+    return [cast("OutputName", w.name) for w in request.outputs] if request.outputs else None
+
+
+def _output(rows: Rows, wanted: RequestedOutput) -> OutputTensor:
+    array = rows.tensors[cast("OutputName", wanted.name)]  # the service answered every name asked
+    if wanted.name == "probabilities" and wanted.classification is not None:
+        k = min(wanted.classification, len(rows.labels) or wanted.classification)
+        elements = [
+            f"{p['score']:f}:{p['index']}:{p['label']}".encode()
+            for row in array
+            for p in top_k_predictions(row, rows.labels, k)
+        ]
+        return OutputTensor(wanted.name, "BYTES", [len(array), k], elements=elements, binary=wanted.binary)
+    return OutputTensor(wanted.name, "FP32", list(array.shape), array=array, binary=wanted.binary)
+
+
+def output_tensors(request: InferenceRequest, rows: Rows) -> list[OutputTensor]:
+    """The outputs asked for, or every one the service answered, as V2 tensors."""
+    wanted = request.outputs or [RequestedOutput(name, request.binary_output) for name in rows.tensors]
+    return [_output(rows, w) for w in wanted]

@@ -1,0 +1,89 @@
+"""Who may call, and how often: API keys and rate limits, the same for every transport.
+
+Keys are stored only as SHA-256 digests; a presented key is hashed and compared with every
+configured digest in constant time, so neither timing nor an early exit tells how close a
+guess was. Rate limits apply per key, or per client address when auth is off (and to failed
+authentication attempts, which slows down guessing). HTTP asks through its middleware
+(``api/access.py``), gRPC through its call wrapper (``rpc/call.py``); one :class:`AccessPolicy`
+serves both, so a key has one limit whichever protocol it speaks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from inference_engine.errors import Forbidden, RateLimited, Unauthorized
+from inference_engine.ratelimit import Decision, RateLimiter
+from inference_engine.settings import AuthSettings, RateLimitSettings
+
+
+def hash_key(key: str) -> str:
+    """The hex SHA-256 digest stored in ``auth.api_key_hashes``."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class ApiKeys:
+    """Checks a presented key against the configured digests in constant time."""
+
+    def __init__(self, digests: list[str]) -> None:
+        self._digests = [bytes.fromhex(d) for d in digests]
+
+    def verify(self, key: str) -> str | None:
+        """The key's digest when it is accepted, else ``None``."""
+        presented = hashlib.sha256(key.encode("utf-8")).digest()
+        accepted = False
+        for digest in self._digests:  # no early exit: the time does not depend on which matched
+            accepted |= hmac.compare_digest(presented, digest)
+        return presented.hex() if accepted else None
+
+
+def bearer_or_api_key(authorization: str, api_key: str) -> str | None:
+    """The key from an ``Authorization: Bearer <key>`` value, else from an ``X-API-Key`` value."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return api_key.strip() or None
+
+
+class AccessPolicy:
+    """Authenticate, authorise model control, then rate-limit one call."""
+
+    def __init__(self, auth: AuthSettings, limiter: RateLimiter | None) -> None:
+        self.auth = auth
+        self.keys = ApiKeys(auth.api_key_hashes + auth.admin_key_hashes)
+        self.admin_keys = ApiKeys(auth.admin_key_hashes)
+        self.limiter = limiter
+
+    @classmethod
+    def from_settings(cls, auth: AuthSettings, rate_limit: RateLimitSettings) -> AccessPolicy:
+        return cls(auth, RateLimiter(rate_limit) if rate_limit.enabled else None)
+
+    def check(self, key: str | None, client: str, *, operational: bool, admin: bool) -> Decision | None:
+        """Raise ``Unauthorized``, ``Forbidden`` or ``RateLimited``, or admit the call.
+
+        ``operational``: a probe or a scrape (no key unless ``auth.protect_operational``, never
+        limited); ``admin``: model control (admin keys only). Returns the rate-limit decision
+        whose figures the answer reports, or ``None`` when no limit applies.
+        """
+        if self.auth.enabled and not (operational and not self.auth.protect_operational):
+            digest = self.keys.verify(key) if key else None
+            if digest is None:
+                self._limit(f"addr:{client}")  # failed attempts count against the address
+                raise Unauthorized("a valid API key is required (Authorization: Bearer <key>)")
+            if admin and self.admin_keys.verify(key or "") is None:
+                raise Forbidden("model control needs an admin key (auth.admin_key_hashes)")
+            client = digest
+        return None if operational else self._limit(client)
+
+    def _limit(self, client: str) -> Decision | None:
+        if self.limiter is None:
+            return None
+        decision = self.limiter.check(client)
+        if not decision.allowed:
+            raise RateLimited(
+                "too many requests; slow down and retry after the time in Retry-After",
+                retry_after_s=decision.retry_after_s,
+                headers=decision.headers(),
+            )
+        return decision
