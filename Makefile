@@ -70,10 +70,8 @@ soak: install-dev ## Soak test: mixed load for SOAK_SECONDS (600), flat memory/f
 docs: install ## Regenerate docs/CONFIGURATION.md from the settings models
 	$(BIN)/inference-engine config docs > docs/CONFIGURATION.md
 
-PROTO := src/inference_engine/rpc/proto/grpc_predict_v2.proto
-proto: install-dev ## Regenerate the gRPC modules and their type stubs from $(PROTO)
-	cd src && PATH="$(abspath $(BIN)):$$PATH" $(abspath $(BIN))/python -m grpc_tools.protoc -I . \
-		--python_out=. --mypy_out=. --grpc_python_out=. --mypy_grpc_out=. $(PROTO:src/%=%)
+proto: install-dev ## Regenerate the gRPC modules and their type stubs from the .proto (tools/generate_proto.py)
+	$(BIN)/python tools/generate_proto.py
 
 VARIANT ?= cpu
 docker: ## Build the container image (VARIANT=cpu or cuda); needs a Docker engine

@@ -59,10 +59,18 @@ class ServerProcess:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    grpc: bool = False  # also listen for gRPC (off in the test config), on ``grpc_port``
+    grpc_port: int = 0
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` of the gRPC listener, as ``tritonclient.grpc`` and ``grpc`` take it."""
+        assert self.grpc, "started without grpc=True"
+        return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, log_path: Path, wait_ready: bool = True, timeout: float = 120.0) -> ServerProcess:
         self.port = self.port or free_port()
@@ -74,6 +82,10 @@ class ServerProcess:
             "--model-repository", str(self.repository),
             "--host", "127.0.0.1", "--port", str(self.port), *self.args,
         ]  # fmt: skip
+        if self.grpc:
+            self.grpc_port = self.grpc_port or free_port()
+            environ["IE_GRPC__ENABLED"] = "true"
+            command += ["--grpc-port", str(self.grpc_port)]
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=environ)
         self.wait_until(lambda c: c.get("/health").status_code == 200, timeout)

@@ -79,11 +79,18 @@ def _from_contents(tensor: InputTensor, contents: pb.InferTensorContents, count:
         return
     if len(values) != count:
         raise BadRequest(f"input {tensor.name!r}: {len(values)} values do not fill shape {tensor.shape}")
-    try:
-        array = np.asarray(values, dtype=NUMERIC_TYPES[tensor.datatype])
-    except OverflowError:
-        raise BadRequest(f"input {tensor.name!r}: data is not all {tensor.datatype} values") from None
-    tensor.array = array.reshape(tensor.shape)
+    dtype = NUMERIC_TYPES[tensor.datatype]
+    array = np.asarray(
+        values, dtype=np.uint64 if dtype.kind == "u" else np.int64 if dtype.kind == "i" else dtype
+    )
+    if (
+        dtype.kind in "iu"
+        and array.size
+        and (array.min() < np.iinfo(dtype).min or array.max() > np.iinfo(dtype).max)
+    ):
+        # int_contents carries INT8 and INT16 in 32 bits: a value past the type would wrap
+        raise BadRequest(f"input {tensor.name!r}: data is not all {tensor.datatype} values")
+    tensor.array = array.astype(dtype, copy=False).reshape(tensor.shape)
 
 
 def _input(message: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> InputTensor:

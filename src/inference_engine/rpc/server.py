@@ -19,8 +19,9 @@ import contextlib
 import logging
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from inference_engine.access import AccessPolicy
 from inference_engine.errors import ConfigError
@@ -39,6 +40,17 @@ HEALTH_POLL_S = 0.5
 
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def reflection_pool() -> descriptor_pool.DescriptorPool:
+    """The descriptors reflection describes: the generated messages live in a pool of their own
+    (``make proto`` puts them there, clear of tritonclient's same-named ones in the default
+    pool), to which the health and reflection services' files are added."""
+    pool = pb.DESCRIPTOR.pool
+    for file in (health_pb2.DESCRIPTOR, reflection_pb2.DESCRIPTOR):
+        with contextlib.suppress(TypeError):  # already added (a second server in this process)
+            pool.AddSerializedFile(file.serialized_pb)
+    return pool
 
 
 def bind_address(host: str, port: int) -> str:
@@ -78,12 +90,7 @@ class GrpcTransport:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
-            [
-                pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
+            [SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server, pool=reflection_pool()
         )
         address = bind_address(self.settings.server.host, grpc_settings.port)
         try:

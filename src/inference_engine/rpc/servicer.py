@@ -67,7 +67,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     ) -> pb.ServerMetadataResponse:
         async def metadata(call: RpcCall) -> pb.ServerMetadataResponse:
             return pb.ServerMetadataResponse(
-                name="inference-engine", version=__version__, extensions=EXTENSIONS
+                name="inference-engine", version=__version__, extensions=GRPC_EXTENSIONS
             )
 
         return await self.calls.unary(context, "ServerMetadata", metadata)
