@@ -1,8 +1,8 @@
 """The layering rules of docs/ARCHITECTURE.md, checked on the source with ``ast``.
 
-Transports (``api/``) translate to and from the service's typed interface; they never reach
-past it into model handlers, runtimes or batchers, so a new transport (gRPC) can be written
-against that interface alone.
+Transports (``api/`` for HTTP, ``rpc/`` for gRPC) translate to and from the service's typed
+interface; they never reach past it into model handlers, runtimes or batchers, and neither
+imports the other (what they share lives in ``transport.py``, ``v2codec.py``, ``access.py``).
 """
 
 from __future__ import annotations
@@ -28,11 +28,26 @@ graph = _import_graph()
 FORBIDDEN_IN_API = ("inference_engine.models", "inference_engine.runtime", "inference_engine.batching")
 
 
+TRANSPORTS = ("inference_engine.api", "inference_engine.rpc")
+
+
 def test_no_transport_module_imports_models_runtime_or_batching() -> None:
     offenders = {
         module: sorted(t for t in targets if t.startswith(FORBIDDEN_IN_API))
         for module, targets in graph.graph().items()
-        if module.startswith("inference_engine.api")
+        if module.startswith(TRANSPORTS)
+    }
+    assert {m: t for m, t in offenders.items() if t} == {}
+
+
+def test_transports_do_not_import_each_other() -> None:
+    modules = graph.graph()
+    assert any(m.startswith("inference_engine.rpc.") for m in modules)  # the rule sees gRPC's modules
+    offenders = {
+        module: sorted(t for t in targets if t.startswith(TRANSPORTS) and not t.startswith(own))
+        for own in TRANSPORTS
+        for module, targets in modules.items()
+        if module.startswith(own)
     }
     assert {m: t for m, t in offenders.items() if t} == {}
 

@@ -450,3 +450,15 @@ def test_a_taken_grpc_port_stops_start_up(server: ServerProcess, tmp_path: Path)
         second.start(tmp_path / "server.log", timeout=60)
     assert f"grpc.port: cannot listen on 127.0.0.1:{server.grpc_port}" in str(failed.value)
     assert second.stop() != 0
+
+
+def test_messages_past_the_body_limit_are_refused(stub: GRPCInferenceServiceStub) -> None:
+    """grpc.max_message_bytes defaults to server.max_body_bytes (5 MB in the test config)."""
+    too_big = pb.ModelInferRequest(
+        model_name="efficientnet_lite0",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])],
+        raw_input_contents=[b"\0" * 5_100_000],
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.ModelInfer(too_big, metadata=(("x-api-key", USER),))
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED

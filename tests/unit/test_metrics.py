@@ -77,7 +77,10 @@ def test_render_after_observations() -> None:
 
     assert isinstance(metrics.render(), bytes)
     assert "# TYPE inference_engine_requests_total counter" in text
-    assert 'inference_engine_requests_total{model="m",protocol="http",route="predict",status="200",version="1"} 2.0' in text
+    assert (
+        'inference_engine_requests_total{model="m",protocol="http",route="predict",status="200",'
+        'version="1"} 2.0' in text
+    )
     assert "# TYPE inference_engine_batch_size histogram" in text
     assert 'inference_engine_batch_size_bucket{le="1.0",model="m",version="1"} 1.0' in text
     assert 'inference_engine_batch_size_bucket{le="4.0",model="m",version="1"} 1.0' in text

@@ -17,10 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from inference_engine.answers import Embeddings
 from inference_engine.api.payload import decode_base64_image
-from inference_engine.api.request import InferenceCall, json_response, off_loop
+from inference_engine.api.request import InferenceCall, json_response
 from inference_engine.errors import BadRequest
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
+from inference_engine.transport import off_loop
 
 
 class EmbeddingRequest(BaseModel):

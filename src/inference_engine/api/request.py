@@ -13,10 +13,9 @@ import asyncio
 import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import orjson
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
@@ -26,24 +25,12 @@ from inference_engine.api.payload import capped_stream
 from inference_engine.errors import BadRequest, ClientDisconnected, DeadlineExceeded
 from inference_engine.logging import RequestContext, current_request
 from inference_engine.settings import ServerSettings
+from inference_engine.transport import MAX_ROUTING_KEY, Batched, off_loop
 
 T = TypeVar("T")
 
 TIMEOUT_HEADER = "x-request-timeout-ms"
 ROUTING_KEY_HEADER = "x-routing-key"
-MAX_ROUTING_KEY = 256
-#: Below this size parsing or encoding on the event loop (with orjson: about 3 ms a MiB of
-#: numbers) costs less than the hop to a thread and back.
-OFF_LOOP_BYTES = 256 * 1024
-
-
-class Batched(Protocol):
-    @property
-    def batch_size(self) -> int: ...
-
-    @property
-    def model_version(self) -> str: ...
-
 
 B = TypeVar("B", bound=Batched)
 
@@ -61,17 +48,6 @@ def request_timeout_s(request: Request, server: ServerSettings) -> float:
 def loop_time(monotonic_deadline: float) -> float:
     """Convert a ``time.monotonic()`` deadline to the event loop's clock."""
     return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())
-
-
-async def off_loop(size: int, fn: Callable[..., T], *args: object) -> T:
-    """``fn(*args)`` on a worker thread when ``size`` bytes make it worth it, else right here.
-
-    Parsing a 20 MiB V2 body or serialising a batch of embeddings on the event loop stalls every
-    other request and the batch timers; for a small body the thread hop costs more than the work.
-    """
-    if size < OFF_LOOP_BYTES:
-        return fn(*args)
-    return await run_in_threadpool(fn, *args)
 
 
 async def json_response(size: int, build: Callable[..., object], *args: object) -> Response:

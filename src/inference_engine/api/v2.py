@@ -15,9 +15,10 @@ from fastapi.responses import JSONResponse, Response
 from inference_engine import __version__
 from inference_engine.answers import ModelMetadata, Rows
 from inference_engine.api.health import tensor
-from inference_engine.api.request import InferenceCall, off_loop
+from inference_engine.api.request import InferenceCall
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
+from inference_engine.transport import off_loop
 from inference_engine.v2codec import (
     EXTENSIONS,
     HEADER_LENGTH,

@@ -27,12 +27,12 @@ from grpc import StatusCode
 from inference_engine.access import AccessPolicy, bearer_or_api_key
 from inference_engine.accesslog import record_request
 from inference_engine.answers import Route
-from inference_engine.api.request import MAX_ROUTING_KEY, Batched
 from inference_engine.errors import BadRequest, EngineError
 from inference_engine.logging import RequestContext, current_request
 from inference_engine.metrics import Metrics
 from inference_engine.rpc.status import Metadata, error_metadata, http_status, status_code
 from inference_engine.settings import ServerSettings
+from inference_engine.transport import MAX_ROUTING_KEY, Batched
 
 T = TypeVar("T")
 

@@ -17,7 +17,6 @@ from typing import Any
 import grpc
 
 from inference_engine import __version__
-from inference_engine.api.request import off_loop
 from inference_engine.control import check_control_request
 from inference_engine.rpc.call import Calls, RpcCall
 from inference_engine.rpc.codec import infer_request, infer_response, metadata_response
@@ -25,6 +24,7 @@ from inference_engine.rpc.proto import grpc_predict_v2_pb2 as pb
 from inference_engine.rpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
+from inference_engine.transport import off_loop
 from inference_engine.v2codec import EXTENSIONS, output_tensors, requested_outputs, service_arguments
 
 #: Binary tensors are REST's extension; gRPC carries raw bytes natively.

@@ -13,11 +13,12 @@ from starlette.types import Message
 
 from inference_engine.access import hash_key
 from inference_engine.api.payload import read_image_request
-from inference_engine.api.request import OFF_LOOP_BYTES, InferenceCall, off_loop
+from inference_engine.api.request import InferenceCall
 from inference_engine.errors import ClientDisconnected
 from inference_engine.metrics import Metrics
 from inference_engine.server import build_app
 from inference_engine.settings import Settings
+from inference_engine.transport import OFF_LOOP_BYTES, off_loop
 from tests.helpers import in_process_client
 from tests.repository import add_colour_model
 
