@@ -78,8 +78,8 @@ _PAIR = ("model", "primary", "shadow")
 #: prometheus_client and its text parser give it: a counter without ``_total``) -> (type, labels).
 #: Every per-model family has ``version`` right after ``model``; the last seven are new.
 VERSIONED_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "inference_engine_requests": ("counter", ("model", "version", "route", "status")),
-    "inference_engine_request_duration_seconds": ("histogram", ("model", "version", "route")),
+    "inference_engine_requests": ("counter", ("model", "version", "route", "status", "protocol")),
+    "inference_engine_request_duration_seconds": ("histogram", ("model", "version", "route", "protocol")),
     "inference_engine_errors": ("counter", ("model", "version", "type")),
     "inference_engine_preprocess_duration_seconds": ("histogram", _MV),
     "inference_engine_queue_wait_seconds": ("histogram", _MV),
