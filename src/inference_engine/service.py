@@ -148,6 +148,13 @@ class InferenceService(ModelRegistry):
             self._shutdown_started = time.monotonic()
         self._draining = True
 
+    def drain_time_left(self, drain_timeout_s: float) -> float:
+        """What is left of the one drain budget, counted from :meth:`begin_shutdown` (which this
+        calls, if nothing has yet): the HTTP drain, the other transports' and this one share it."""
+        self.begin_shutdown()
+        assert self._shutdown_started is not None
+        return max(0.0, drain_timeout_s - (time.monotonic() - self._shutdown_started))
+
     async def stop(self, drain_timeout_s: float) -> None:
         """Refuse new work, finish queued work, then unload every model.
 
@@ -156,9 +163,7 @@ class InferenceService(ModelRegistry):
         within that budget plus ``UNLOAD_TIMEOUT_S`` whatever a model thread does: the models
         unload at once, each bounded, and a thread still stuck in a forward pass is abandoned.
         """
-        self.begin_shutdown()
-        assert self._shutdown_started is not None
-        drain_timeout_s = max(0.0, drain_timeout_s - (time.monotonic() - self._shutdown_started))
+        drain_timeout_s = self.drain_time_left(drain_timeout_s)
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()
             await asyncio.gather(self._load_task, return_exceptions=True)

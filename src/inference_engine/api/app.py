@@ -66,7 +66,7 @@ def create_app(
             yield
         finally:
             for transport in started:  # after HTTP's drain: their calls finish on running models
-                await transport.stop(settings.server.drain_timeout_s)
+                await transport.stop(service.drain_time_left(settings.server.drain_timeout_s))
             await watchdog.stop()
             await service.stop(settings.server.drain_timeout_s)
             if fetcher is not None:
