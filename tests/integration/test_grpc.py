@@ -223,6 +223,25 @@ def test_repository_calls(client: triton.InferenceServerClient) -> None:
     assert client.is_model_ready("colours", headers=admin)
 
 
+def test_statistics_as_over_rest(server: ServerProcess, client: triton.InferenceServerClient) -> None:
+    client.infer("efficientnet_lite0", [images(cat_jpeg())], headers=AS_USER)
+    over_grpc = client.get_inference_statistics("efficientnet_lite0", headers=AS_USER, as_json=True)
+    over_rest = httpx.get(f"{server.url}/v2/models/efficientnet_lite0/stats", headers=AS_USER).json()
+    grpc_entry, rest_entry = over_grpc["model_stats"][0], over_rest["model_stats"][0]
+    assert grpc_entry["name"] == "efficientnet_lite0" and grpc_entry["version"] == "1"
+    assert int(grpc_entry["inference_count"]) == rest_entry["inference_count"] >= 1
+    assert (
+        int(grpc_entry["inference_stats"]["success"]["count"])
+        == rest_entry["inference_stats"]["success"]["count"]
+    )
+    everything = client.get_inference_statistics(headers=AS_USER).model_stats
+    assert {entry.name for entry in everything} >= {"efficientnet_lite0", "colours", "paired", "narrow"}
+    assert (
+        code_of(lambda: client.get_inference_statistics("no_such_model", headers=AS_USER))
+        is grpc.StatusCode.NOT_FOUND
+    )
+
+
 def test_stream_answers_every_request(client: triton.InferenceServerClient) -> None:
     answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client.start_stream(callback=lambda result, error: answers.put((result, error)), headers=AS_USER)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
 from inference_engine import __version__
 from inference_engine.control import check_control_request
@@ -165,6 +166,15 @@ class InferenceServicer(GRPCInferenceServiceServicer):
                 infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id),
             )
         return pb.ModelStreamInferResponse(infer_response=result)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: Context
+    ) -> pb.ModelStatisticsResponse:
+        async def statistics(call: RpcCall) -> pb.ModelStatisticsResponse:
+            totals = self.service.statistics(request.name or None, request.version or None)
+            return json_format.ParseDict({"model_stats": totals}, pb.ModelStatisticsResponse())
+
+        return await self.calls.unary(context, "ModelStatistics", statistics)
 
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: Context

@@ -7,8 +7,8 @@ Written for inference-engine from the protocol's published definition (KServe's
 grpc_predict_v2.proto) so that KServe's and Triton's clients work unchanged: the package,
 service, method and message names and every field number are the protocol's. Triton's service
 of the same name is a superset; the messages it adds that this server implements (the model
-repository calls, the streaming call, and the two extra parameter kinds) carry Triton's names
-and field numbers, so `tritonclient.grpc` reaches them too.
+repository calls, the streaming call, statistics, and the two extra parameter kinds) carry
+Triton's names and field numbers, so `tritonclient.grpc` reaches them too.
 
 Regenerate the Python modules beside this file after editing it: `make proto`.
 """
@@ -55,6 +55,8 @@ class GRPCInferenceServiceStub:
     """One inference request."""
     ModelStreamInfer: _grpc.StreamStreamMultiCallable[_grpc_predict_v2_pb2.ModelInferRequest, _grpc_predict_v2_pb2.ModelStreamInferResponse]
     """Inference requests on one stream; answers come back as each is ready (matched by `id`)."""
+    ModelStatistics: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ModelStatisticsRequest, _grpc_predict_v2_pb2.ModelStatisticsResponse]
+    """Per-version totals: requests, batches, queue and compute time (Triton's statistics extension)."""
     RepositoryIndex: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.RepositoryIndexRequest, _grpc_predict_v2_pb2.RepositoryIndexResponse]
     """Every model and version in the repository, with its state (model control)."""
     RepositoryModelLoad: _grpc.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.RepositoryModelLoadRequest, _grpc_predict_v2_pb2.RepositoryModelLoadResponse]
@@ -79,6 +81,8 @@ class GRPCInferenceServiceAsyncStub(GRPCInferenceServiceStub):
     """One inference request."""
     ModelStreamInfer: _aio.StreamStreamMultiCallable[_grpc_predict_v2_pb2.ModelInferRequest, _grpc_predict_v2_pb2.ModelStreamInferResponse]  # type: ignore[assignment]
     """Inference requests on one stream; answers come back as each is ready (matched by `id`)."""
+    ModelStatistics: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.ModelStatisticsRequest, _grpc_predict_v2_pb2.ModelStatisticsResponse]  # type: ignore[assignment]
+    """Per-version totals: requests, batches, queue and compute time (Triton's statistics extension)."""
     RepositoryIndex: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.RepositoryIndexRequest, _grpc_predict_v2_pb2.RepositoryIndexResponse]  # type: ignore[assignment]
     """Every model and version in the repository, with its state (model control)."""
     RepositoryModelLoad: _aio.UnaryUnaryMultiCallable[_grpc_predict_v2_pb2.RepositoryModelLoadRequest, _grpc_predict_v2_pb2.RepositoryModelLoadResponse]  # type: ignore[assignment]
@@ -142,6 +146,14 @@ class GRPCInferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_grpc_predict_v2_pb2.ModelStreamInferResponse], _abc.AsyncIterator[_grpc_predict_v2_pb2.ModelStreamInferResponse]]:
         """Inference requests on one stream; answers come back as each is ready (matched by `id`)."""
+
+    @_abc_1.abstractmethod
+    def ModelStatistics(
+        self,
+        request: _grpc_predict_v2_pb2.ModelStatisticsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grpc_predict_v2_pb2.ModelStatisticsResponse, _abc.Awaitable[_grpc_predict_v2_pb2.ModelStatisticsResponse]]:
+        """Per-version totals: requests, batches, queue and compute time (Triton's statistics extension)."""
 
     @_abc_1.abstractmethod
     def RepositoryIndex(
