@@ -4,7 +4,9 @@ The convention (docs/API.md says the same to its readers):
 
 * A fenced block is an example when the line just before its opening fence (blank lines aside) is
   ``<!-- example: METHOD /path, METHOD /path -->``, naming the endpoints it calls as the doc's
-  endpoints table spells them (``{name}`` and ``{version}`` for path parameters). ``<!-- example -->``
+  endpoints table spells them (``{name}`` and ``{version}`` for path parameters), and
+  ``gRPC Method`` for the RPCs of ``inference.GRPCInferenceService`` it calls, as the doc's RPC
+  table spells them (``<!-- example: gRPC ModelInfer, gRPC ModelStreamInfer -->``). ``<!-- example -->``
   runs a block that claims no endpoint, and ``<!-- example: setup -->`` marks a block that makes
   the files the other examples use; it runs first.
 * ``console`` blocks: each line starting with ``$ `` is a shell command (a trailing ``\\`` joins
@@ -15,8 +17,9 @@ The convention (docs/API.md says the same to its readers):
   or it is the server itself) is marked ``<!-- not-run: why -->``; an unmarked one is an error,
   so no new example goes unchecked by accident.
 
-Before running, ``localhost:8000`` and ``127.0.0.1:8000`` become the test server's address and
-``/tmp/doc_`` the test's own folder. Output is compared for shape, not numbers (see
+Before running, ``localhost:8000`` and ``127.0.0.1:8000`` become the test server's address,
+``localhost:8001`` and ``127.0.0.1:8001`` its gRPC address, and ``/tmp/doc_`` the test's own
+folder. Output is compared for shape, not numbers (see
 :func:`compare_output`).
 """
 
@@ -37,7 +40,11 @@ MARKER = re.compile(r"^<!--\s*(example|not-run|output)\s*(?::\s*(.*?))?\s*-->$")
 FENCE = re.compile(r"^```(\S*)\s*$")
 SHELL_LANGUAGES = frozenset({"console", "sh", "bash", "shell"})
 CHECKED_LANGUAGES = SHELL_LANGUAGES | {"python"}
-ENDPOINT = re.compile(r"^(GET|POST|PUT|DELETE|PATCH|HEAD)\s+(/\S*)$")
+ENDPOINT = re.compile(r"^(GET|POST|PUT|DELETE|PATCH|HEAD)\s+(/\S*)$|^(gRPC)\s+([A-Za-z]\w*)$")
+#: The "method" of an RPC in an example's marker: ``gRPC ModelInfer``.
+GRPC = "gRPC"
+#: The service whose RPCs the markers name; the request metrics' ``route`` is ``/SERVICE/Method``.
+GRPC_SERVICE = "inference.GRPCInferenceService"
 ELLIPSIS = "..."
 
 # JSON strings whose value is part of the contract (an error's type, a model's name); any other
@@ -124,8 +131,8 @@ def parse_endpoints(argument: str, line: int) -> list[tuple[str, str]]:
     for part in filter(None, (p.strip() for p in argument.split(","))):
         found = ENDPOINT.match(part)
         if not found:
-            raise ValueError(f"line {line}: {part!r} is not 'METHOD /path'")
-        endpoints.append((found.group(1), found.group(2)))
+            raise ValueError(f"line {line}: {part!r} is not 'METHOD /path' or 'gRPC Method'")
+        endpoints.append((found.group(1), found.group(2)) if found.group(1) else (GRPC, found.group(4)))
     return endpoints
 
 
@@ -206,10 +213,36 @@ def endpoints_table(markdown: str, heading: str = "## Endpoints") -> list[tuple[
     return rows
 
 
-def localize(text: str, port: int, folder: str) -> str:
-    """The doc's server address and ``/tmp/doc_`` files, made the test's own."""
+def rpcs_table(markdown: str, heading: str) -> list[str]:
+    """The RPC names (the first cell's backticked name) of the first table under ``heading``."""
+    lines = markdown.splitlines()
+    start = lines.index(heading)
+    names: list[str] = []
+    in_table = False
+    for line in lines[start + 1 :]:
+        if line.startswith("|"):
+            in_table = True
+            found = re.match(r"^\|\s*`(\w+)`", line)
+            if found:
+                names.append(found.group(1))
+        elif in_table:
+            break
+    return names
+
+
+def rpc_route(method: str) -> str:
+    """The ``route`` label of an RPC in the request metrics."""
+    return f"/{GRPC_SERVICE}/{method}"
+
+
+def localize(text: str, port: int, folder: str, grpc_port: int | None = None) -> str:
+    """The doc's server addresses (HTTP, and gRPC when the server has it) and ``/tmp/doc_`` files,
+    made the test's own."""
     for host in ("localhost:8000", "127.0.0.1:8000"):
         text = text.replace(host, f"127.0.0.1:{port}")
+    if grpc_port is not None:
+        for host in ("localhost:8001", "127.0.0.1:8001"):
+            text = text.replace(host, f"127.0.0.1:{grpc_port}")
     return text.replace("/tmp/doc_", f"{folder}/doc_")
 
 
@@ -378,7 +411,9 @@ class Ran:
     stderr: str = ""
 
 
-def run_console(example: Example, port: int, folder: Path, timeout: float = 120.0) -> list[Ran]:
+def run_console(
+    example: Example, port: int, folder: Path, timeout: float = 120.0, grpc_port: int | None = None
+) -> list[Ran]:
     """Run a console block's commands in one ``bash`` session, each one's output kept apart.
 
     The virtualenv's ``bin`` comes first on ``PATH``, so ``python`` is the one running the tests.
@@ -386,7 +421,8 @@ def run_console(example: Example, port: int, folder: Path, timeout: float = 120.
     commands = example.commands()
     marker = "__doc_example_command_done__"
     script = "".join(
-        f"{localize(c.command, port, str(folder))}\nprintf '\\n{marker} %s\\n' \"$?\"\n" for c in commands
+        f"{localize(c.command, port, str(folder), grpc_port)}\nprintf '\\n{marker} %s\\n' \"$?\"\n"
+        for c in commands
     )
     environ = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     done = subprocess.run(
@@ -410,9 +446,10 @@ def run_console(example: Example, port: int, folder: Path, timeout: float = 120.
     return results
 
 
-def run_python(example: Example, port: int, folder: Path) -> str:
+def run_python(example: Example, port: int, folder: Path, grpc_port: int | None = None) -> str:
     """Run a Python example in this process and return what it printed (exceptions propagate)."""
-    code = compile(localize(example.code, port, str(folder)), f"docs/API.md:{example.line}", "exec")
+    source = localize(example.code, port, str(folder), grpc_port)
+    code = compile(source, f"docs/API.md:{example.line}", "exec")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         exec(code, {"__name__": "__main__"})

@@ -1,10 +1,12 @@
 """docs/API.md's examples, run against a real server, so the API reference cannot drift.
 
 One server (``efficientnet_lite0``, ``open_nsfw`` and a tiny random CLIP named ``clip``, as the
-doc's "The example server" builds) serves every example, in the order of the doc. Each example
-must exit 0, print what the doc shows (in shape: see ``tests/doc_examples.py``), and call the
-endpoints its ``<!-- example: ... -->`` marker names. Every endpoint of the doc's table needs a
-curl and a Python example, and the table must list every route the server has.
+doc's "The example server" builds, with its gRPC listener on) serves every example, in the order
+of the doc. Each example must exit 0, print what the doc shows (in shape: see
+``tests/doc_examples.py``), and call the endpoints and RPCs its ``<!-- example: ... -->`` marker
+names. Every endpoint of the doc's table needs a curl and a Python example, and the table must
+list every route the server has; every RPC of the doc's gRPC table needs a Python example with
+``tritonclient.grpc``, and the table must list every RPC the service has.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ DOC = ROOT / "docs" / "API.md"
 MARKDOWN = DOC.read_text(encoding="utf-8")
 EXAMPLES = doc_examples.examples(MARKDOWN)
 ENDPOINTS = doc_examples.endpoints_table(MARKDOWN)
+RPCS = doc_examples.rpcs_table(MARKDOWN, "### RPCs")
 # Routes outside FastAPI's schema: its own schema and UIs, and the playground (a middleware).
 NOT_IN_OPENAPI = {
     ("GET", "/docs"),
@@ -48,7 +51,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     add_default_model(repo)
     shutil.copytree(ROOT / "models" / "open_nsfw", repo / "open_nsfw")
     build_tiny_clip(repo / "clip")
-    process = ServerProcess(repo, env={"IE_SERVER__DEFAULT_MODEL": "efficientnet_lite0"})
+    process = ServerProcess(repo, env={"IE_SERVER__DEFAULT_MODEL": "efficientnet_lite0"}, grpc=True)
     process.start(tmp_path_factory.mktemp("logs") / "server.log")
     yield process
     process.stop()
@@ -61,7 +64,7 @@ def folder(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> P
         pytest.skip("curl is not installed")
     path = tmp_path_factory.mktemp("doc_files")
     for example in (e for e in EXAMPLES if e.setup):
-        for ran in doc_examples.run_console(example, server.port, path):
+        for ran in doc_examples.run_console(example, server.port, path, grpc_port=server.grpc_port):
             assert ran.returncode == 0, f"setup at docs/API.md:{example.line} failed:\n{ran.stderr}"
     return path
 
@@ -72,13 +75,14 @@ def test_every_shell_and_python_block_is_an_example_or_says_why_not() -> None:
 
 
 def test_examples_name_endpoints_of_the_table() -> None:
+    listed = set(ENDPOINTS) | {(doc_examples.GRPC, rpc) for rpc in RPCS}
     unknown = {
         f"{method} {path} (docs/API.md:{e.line})"
         for e in EXAMPLES
         for method, path in e.endpoints
-        if (method, path) not in ENDPOINTS
+        if (method, path) not in listed
     }
-    assert not unknown, f"examples claim endpoints that the table does not list: {sorted(unknown)}"
+    assert not unknown, f"examples claim endpoints or RPCs that the tables do not list: {sorted(unknown)}"
 
 
 @pytest.mark.parametrize("language", ["console", "python"])
@@ -86,6 +90,26 @@ def test_every_endpoint_has_an_example(language: str) -> None:
     covered = {endpoint for e in EXAMPLES if e.language == language for endpoint in e.endpoints}
     missing = [f"{method} {path}" for method, path in ENDPOINTS if (method, path) not in covered]
     assert not missing, f"endpoints without a {language} example in docs/API.md: {missing}"
+
+
+def test_every_rpc_has_a_tritonclient_grpc_example() -> None:
+    covered = {
+        path
+        for e in EXAMPLES
+        if e.language == "python" and "tritonclient.grpc" in e.code
+        for method, path in e.endpoints
+        if method == doc_examples.GRPC
+    }
+    missing = [rpc for rpc in RPCS if rpc not in covered]
+    assert not missing, f"RPCs without a tritonclient.grpc example in docs/API.md: {missing}"
+
+
+def test_the_rpc_table_lists_every_rpc() -> None:
+    from inference_engine.rpc.proto import grpc_predict_v2_pb2
+
+    service = grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    assert service.full_name == doc_examples.GRPC_SERVICE
+    assert sorted(RPCS) == sorted(m.name for m in service.methods), "the RPC table of docs/API.md"
 
 
 def test_the_table_lists_every_route(server: ServerProcess) -> None:
@@ -105,7 +129,7 @@ def test_example(example: doc_examples.Example, server: ServerProcess, folder: P
     before = _requests(server)
     problems: list[str] = []
     if example.language == "console":
-        for ran in doc_examples.run_console(example, server.port, folder):
+        for ran in doc_examples.run_console(example, server.port, folder, grpc_port=server.grpc_port):
             where = f"docs/API.md:{ran.command.line} $ {ran.command.command}"
             if ran.returncode != 0:
                 problems.append(f"{where}\nexited {ran.returncode}:\n{ran.output}\n{ran.stderr}")
@@ -115,14 +139,17 @@ def test_example(example: doc_examples.Example, server: ServerProcess, folder: P
                 for problem in doc_examples.compare_output(ran.command.expected, ran.output)
             )
     else:
-        printed = doc_examples.run_python(example, server.port, folder)
+        printed = doc_examples.run_python(example, server.port, folder, grpc_port=server.grpc_port)
         problems.extend(doc_examples.compare_output(example.expected, printed))
     after = _requests(server)
     own_scrape = {"/metrics": 1.0}  # `before` itself is counted once it has been answered
-    for _method, path in example.endpoints:
-        label = "unmatched" if path in UNLABELLED else path
+    for method, path in example.endpoints:
+        if method == doc_examples.GRPC:
+            label = doc_examples.rpc_route(path)
+        else:
+            label = "unmatched" if path in UNLABELLED else path
         if after.get(label, 0.0) - before.get(label, 0.0) - own_scrape.get(label, 0.0) < 1:
-            problems.append(f"the example names {path} but did not call it")
+            problems.append(f"the example names {method} {path} but did not call it")
     assert not problems, "\n\n".join(problems)
 
 
@@ -147,3 +174,15 @@ def test_console_blocks_are_commands_and_their_outputs() -> None:
         ("curl -s \\\n    localhost:8000/v2", "{}", 11),
         ("true", "", 15),
     ]
+
+
+def test_markers_name_routes_and_rpcs_and_both_ports_are_localized() -> None:
+    both = doc_examples.parse_endpoints("GET /v2, gRPC ModelInfer", 1)
+    assert both == [("GET", "/v2"), ("gRPC", "ModelInfer")]
+    with pytest.raises(ValueError, match="is not 'METHOD /path' or 'gRPC Method'"):
+        doc_examples.parse_endpoints("gRPC /inference.GRPCInferenceService/ModelInfer", 1)
+    text = "localhost:8000 127.0.0.1:8001 localhost:8001 /tmp/doc_cat.jpg"
+    assert doc_examples.localize(text, 5000, "/f", grpc_port=5001) == (
+        "127.0.0.1:5000 127.0.0.1:5001 127.0.0.1:5001 /f/doc_cat.jpg"
+    )
+    assert doc_examples.rpc_route("ModelInfer") == "/inference.GRPCInferenceService/ModelInfer"
