@@ -481,3 +481,42 @@ def test_messages_past_the_body_limit_are_refused(stub: GRPCInferenceServiceStub
     with pytest.raises(grpc.RpcError) as refused:
         stub.ModelInfer(too_big, metadata=(("x-api-key", USER),))
     assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_an_idle_stream_does_not_hold_the_stop(tmp_path: Path) -> None:
+    repo = tmp_path / "repository"
+    add_colour_model(repo, "colour")
+    process = ServerProcess(repo, grpc=True, env={"IE_SERVER__DRAIN_TIMEOUT_S": "10"})
+    process.start(tmp_path / "server.log")
+    client = triton.InferenceServerClient(process.grpc_target)
+    answers: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    client.async_stream_infer("colour", [images(RED)], request_id="only")
+    assert answers.get(timeout=30)[1] is None  # answered; the stream stays open, idle
+    assert process.process is not None
+    started = time.monotonic()
+    process.process.send_signal(signal.SIGTERM)
+    assert process.process.wait(30) == 0
+    assert time.monotonic() - started < 5  # not the 10 s drain budget
+    client.stop_stream()
+    client.close()
+
+
+def test_calls_cut_off_by_the_drain_budget_count_as_server_errors(tmp_path: Path) -> None:
+    repo = tmp_path / "repository"
+    add_colour_model(repo, "slow", delay_s=0.5, settings={"max_batch_size": 1})
+    process = ServerProcess(repo, grpc=True, env={"IE_SERVER__DRAIN_TIMEOUT_S": "1"})
+    process.start(tmp_path / "server.log")
+    client = triton.InferenceServerClient(process.grpc_target)
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        calls = [pool.submit(code_of, lambda: client.infer("slow", [images(RED)])) for _ in range(6)]
+        time.sleep(0.3)  # six queued behind 0.5 s passes: about two fit in the 1 s budget
+        assert process.process is not None
+        process.process.send_signal(signal.SIGTERM)
+        codes = Counter(call.result(timeout=30) for call in calls)
+    client.close()
+    assert process.process.wait(30) == 0
+    assert codes[grpc.StatusCode.OK] >= 1 and codes[grpc.StatusCode.UNAVAILABLE] >= 1
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+    lines = [line for line in process.stop_log().splitlines() if '"error": "drain_timeout"' in line]
+    assert lines and all('"status": 500' in line for line in lines)

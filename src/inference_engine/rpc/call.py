@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 from grpc import StatusCode
@@ -39,8 +39,16 @@ T = TypeVar("T")
 logger = logging.getLogger("inference_engine.rpc")
 
 SERVICE = "inference.GRPCInferenceService"
+#: Put on a stream's answer queue when the server stops.
+DRAIN = object()
 #: A cancellation this close to the deadline is the deadline's (the client's clock fires first).
 _CLOCK_SLACK_S = 0.005
+#: A cancelled call's code and the HTTP status it is counted with, by why it was cancelled.
+_CANCELLED = {
+    "deadline_exceeded": (StatusCode.DEADLINE_EXCEEDED, 504),
+    "client_disconnected": (StatusCode.CANCELLED, 499),
+    "drain_timeout": (StatusCode.UNAVAILABLE, 500),  # HTTP answers a request cut off so with 500
+}
 _VALID_ID = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
 
 
@@ -107,6 +115,17 @@ class Calls:
         self.metrics = metrics
         self.access = access
         self.access_log = access_log
+        #: The server is stopping: calls still running when the drain time is up are cut off.
+        self.stopping = False
+        #: The answer queues of the open streams, told when the server stops (see ``begin_stop``).
+        self.streams: set[asyncio.Queue[Any]] = set()
+
+    def begin_stop(self) -> None:
+        """The server stops taking calls: every open stream ends once it has nothing in flight
+        (rather than holding the stop for the whole drain budget while it idles)."""
+        self.stopping = True
+        for answers in self.streams:
+            answers.put_nowait(DRAIN)
 
     def open(
         self, metadata: Iterable[tuple[str, str | bytes]], time_remaining: float | None, request_id: str = ""
@@ -184,9 +203,12 @@ class Calls:
             call.ctx.error = exc.code
             return None, Outcome(status_code(exc), exc)
         except asyncio.CancelledError:
-            # gRPC cancels the handler when the client cancels or its deadline passes.
-            late = time.monotonic() >= call.deadline - _CLOCK_SLACK_S
-            call.ctx.error = "deadline_exceeded" if late else "client_disconnected"
+            # gRPC cancels the handler when the client cancels, when its deadline passes, and
+            # when the server's stop runs out of drain time (as HTTP's drain, a server error).
+            if time.monotonic() >= call.deadline - _CLOCK_SLACK_S:
+                call.ctx.error = "deadline_exceeded"
+            else:
+                call.ctx.error = "drain_timeout" if self.stopping else "client_disconnected"
             raise
         except Exception:
             logger.exception("unhandled error")
@@ -197,20 +219,18 @@ class Calls:
 
     def finish(self, call: RpcCall, method: str, outcome: Outcome, *, operational: bool) -> None:
         """Count the call and log its line (a successful probe is counted, not logged)."""
-        code = outcome.code
-        if outcome.error is None and call.ctx.error is not None:  # cancelled
-            code = (
-                StatusCode.DEADLINE_EXCEEDED
-                if call.ctx.error == "deadline_exceeded"
-                else StatusCode.CANCELLED
-            )
+        code, status = outcome.code, http_status(outcome.code)
+        if outcome.error is not None:
+            status = outcome.error.status_code
+        elif call.ctx.error is not None:  # cancelled
+            code, status = _CANCELLED[call.ctx.error]
         route = f"/{SERVICE}/{method}"
         record_request(
             self.metrics,
             call.ctx,
             protocol="grpc",
             route=route,
-            status=outcome.error.status_code if outcome.error is not None else http_status(code),
+            status=status,
             elapsed=time.monotonic() - call.ctx.started,
             log_line=self.access_log and not (operational and code is StatusCode.OK),
             fields={"method": "grpc", "path": route, "grpc_status": code.name},

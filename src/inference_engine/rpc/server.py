@@ -113,6 +113,7 @@ class GrpcTransport:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self._health.enter_graceful_shutdown()
+        self.calls.begin_stop()
         if self._server is not None:
             await self._server.stop(grace_s)
             logger.info("gRPC stopped")

@@ -19,7 +19,7 @@ from google.protobuf import json_format
 
 from inference_engine import __version__
 from inference_engine.control import check_control_request
-from inference_engine.rpc.call import Calls, RpcCall
+from inference_engine.rpc.call import DRAIN, Calls, RpcCall
 from inference_engine.rpc.codec import infer_request, infer_response, metadata_response
 from inference_engine.rpc.proto import grpc_predict_v2_pb2 as pb
 from inference_engine.rpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceServicer
@@ -33,6 +33,8 @@ GRPC_EXTENSIONS = [e for e in EXTENSIONS if e != "binary_tensor_data"]
 
 #: Requests of one stream in progress at once.
 STREAM_WINDOW = 64
+#: Put on a stream's answer queue when the client has closed its side and all is answered.
+END = object()
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -108,36 +110,53 @@ class InferenceServicer(GRPCInferenceServiceServicer):
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[pb.ModelInferRequest], context: Context
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        answers: asyncio.Queue[Any] = asyncio.Queue()  # answers, then END (or DRAIN at a stop)
         window = asyncio.Semaphore(STREAM_WINDOW)
         metadata = tuple(context.invocation_metadata() or ())
         peer = context.peer()
         running: set[asyncio.Task[None]] = set()
+        in_flight = 0
 
         async def answer(request: pb.ModelInferRequest) -> None:
+            nonlocal in_flight
             try:
-                answers.put_nowait(await self._streamed(request, metadata, context.time_remaining(), peer))
+                response = await self._streamed(request, metadata, context.time_remaining(), peer)
+                in_flight -= 1
+                answers.put_nowait(response)
             finally:
                 window.release()
 
         async def read() -> None:
+            nonlocal in_flight
             try:
                 async for request in request_iterator:
                     await window.acquire()
+                    in_flight += 1
                     task = asyncio.create_task(answer(request))
                     running.add(task)
                     task.add_done_callback(running.discard)
                 if running:
                     await asyncio.wait(list(running))
             finally:
-                answers.put_nowait(None)
+                answers.put_nowait(END)
 
         reader = asyncio.create_task(read())
+        self.calls.streams.add(answers)
+        draining = self.calls.stopping
         try:
-            while (response := await answers.get()) is not None:
-                yield response
-            await reader  # raises what ended the reading, if it failed
+            while True:
+                item = await answers.get()
+                if item is END:
+                    await reader  # raises what ended the reading, if it failed
+                    return
+                if item is DRAIN:
+                    draining = True
+                else:
+                    yield item
+                if draining and in_flight == 0 and answers.empty():
+                    return  # the server stops and nothing of this stream is left to answer
         finally:
+            self.calls.streams.discard(answers)
             for task in [reader, *running]:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
