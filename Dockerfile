@@ -13,8 +13,11 @@
 #
 # Run it like Kubernetes does, with a read-only root filesystem and /tmp as the only writable place:
 #
-#   docker run --read-only --tmpfs /tmp -p 8000:8000 \
+#   docker run --read-only --tmpfs /tmp -p 8000:8000 -p 8001:8001 \
 #     -e IE_AUTH__API_KEY_HASHES='["<sha256>"]' inference-engine:0.1.0-cpu
+#
+# 8000 is HTTP (REST, /health, /ready, /metrics); 8001 is gRPC (Open Inference Protocol V2,
+# grpc.health.v1, reflection; IE_GRPC__PORT moves it, IE_GRPC__ENABLED=false turns it off).
 #
 # Models are baked in at /app/models; mount another repository over it with -v DIR:/app/models:ro.
 # Base images are pinned to exact tags; pin digests too with
@@ -124,7 +127,8 @@ RUN if [ "${VARIANT}" = "cuda" ]; then \
     fi
 
 USER 10001:10001
-EXPOSE 8000
+# HTTP, then gRPC (server.port, grpc.port).
+EXPOSE 8000 8001
 # SIGTERM: refuse new work, drain for IE_SERVER__DRAIN_TIMEOUT_S, exit 0 (docs/OPERATIONS.md).
 # Give the container more than that before the kill (docker stop -t 30, compose stop_grace_period).
 STOPSIGNAL SIGTERM

@@ -3,7 +3,8 @@
 A small Dockerfile parser (comments, line continuations, stages, global ARG defaults) is enough to
 check what matters: pinned base images, both variants selectable, the torch wheel of each variant,
 a non-root numeric user, a read-only-root friendly runtime, the health check, signal and entry point.
-The compose file is checked for the GPU reservation, read-only root, grace period and mounts.
+The compose file is checked for the GPU reservation, published ports (HTTP and gRPC, distinct on the
+host), read-only root, grace period and mounts.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ CONSTRAINTS = ROOT / "constraints.txt"
 VARIANTS = ("cpu", "cuda")
 UID = 10001
 DIGEST = "0" * 64
+HTTP_PORT = 8000
+GRPC_PORT = 8001
+SERVERS = ("inference-engine", "inference-engine-cpu")
 VERSIONED_TAG = re.compile(r"\d+\.\d+")
 CPU_BASE = re.compile(r"^python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?$")
 CUDA_BASE = re.compile(r"^nvidia/cuda:(12\.\d+)\.\d+-cudnn-runtime-ubuntu22\.04(@sha256:[0-9a-f]{64})?$")
@@ -294,7 +298,7 @@ def test_runtime_environment_is_prod_and_read_only_root_friendly(runtime: Stage)
 
 
 def test_runtime_ports_signal_entrypoint_and_command(runtime: Stage) -> None:
-    assert runtime.last("EXPOSE").value.split() == ["8000"]
+    assert runtime.last("EXPOSE").value.split() == [str(HTTP_PORT), str(GRPC_PORT)], "HTTP, then gRPC"
     assert runtime.last("STOPSIGNAL").value == "SIGTERM"
     assert exec_form(runtime.last("ENTRYPOINT").value) == ["inference-engine"]
     assert exec_form(runtime.last("CMD").value) == ["serve"]
@@ -311,6 +315,16 @@ def test_healthcheck_asks_health_with_python(runtime: Stage) -> None:
     assert "curl" not in value and "wget" not in value, "the slim image has neither curl nor wget"
     assert "--timeout=" in options and "--start-period=" in options
     compile(argv[-1], "<healthcheck>", "exec")
+
+
+def test_exposed_ports_are_the_ones_the_image_configuration_listens_on(runtime: Stage) -> None:
+    env = runtime.env() | {"IE_AUTH__API_KEY_HASHES": json.dumps([DIGEST])}
+    env = {k: v for k, v in env.items() if k.startswith("IE_")}
+    settings = load_settings(config_dir=ROOT / "configs", environ=env).settings
+    assert settings.env == "prod"
+    assert settings.grpc.enabled, "the image exposes a gRPC port that prod does not open"
+    exposed = [int(port.split("/")[0]) for port in runtime.last("EXPOSE").value.split()]
+    assert exposed == [settings.server.port, settings.grpc.port] == [HTTP_PORT, GRPC_PORT]
 
 
 def test_copied_sources_exist_and_are_not_dockerignored(dockerfile: Dockerfile) -> None:
@@ -386,6 +400,21 @@ def interpolate(value: str, host_env: dict[str, str]) -> str:
     return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:\?|:-)([^}]*))?\}", replace, value)
 
 
+def published(svc: dict[str, Any]) -> dict[int, int]:
+    """Container port -> host port, from the short ("[IP:]HOST:CONTAINER[/PROTO]") or long form."""
+    result: dict[int, int] = {}
+    for entry in svc.get("ports", []):
+        if isinstance(entry, dict):
+            container, host = entry["target"], entry["published"]
+        else:
+            parts = str(entry).split("/", 1)[0].split(":")
+            assert len(parts) >= 2, f"{entry}: publish on a fixed host port"
+            host, container = parts[-2], parts[-1]
+        assert int(container) not in result, f"container port {container} published twice"
+        result[int(container)] = int(host)
+    return result
+
+
 @pytest.mark.parametrize(("name", "variant"), [("inference-engine", "cuda"), ("inference-engine-cpu", "cpu")])
 def test_server_services_build_their_variant(
     compose: dict[str, Any], dockerfile: Dockerfile, name: str, variant: str
@@ -397,7 +426,23 @@ def test_server_services_build_their_variant(
     dockerfile.stage(f"base-{variant}")
     assert build.get("target", "runtime") == "runtime"
     assert svc["image"].endswith(f"-{variant}") and "latest" not in svc["image"]
-    assert any(str(port).endswith(":8000") for port in svc["ports"]), svc["ports"]
+
+
+@pytest.mark.parametrize("name", SERVERS)
+def test_server_services_publish_http_and_grpc(compose: dict[str, Any], name: str) -> None:
+    ports = published(service(compose, name))
+    assert set(ports) == {HTTP_PORT, GRPC_PORT}, f"{name} publishes {ports}"
+
+
+def test_published_host_ports_are_distinct(compose: dict[str, Any]) -> None:
+    """Both servers may be started (`--profile cpu up`); no two services may claim a host port."""
+    owners: dict[int, str] = {}
+    for name, svc in compose["services"].items():
+        for container, host in published(svc).items():
+            assert host not in owners, f"host port {host}: {owners.get(host)} and {name}:{container}"
+            owners[host] = f"{name}:{container}"
+    # The GPU server, the default, keeps the conventional ports (Triton's 8000 and 8001).
+    assert published(service(compose, "inference-engine")) == {HTTP_PORT: HTTP_PORT, GRPC_PORT: GRPC_PORT}
 
 
 def test_gpu_service_reserves_one_nvidia_gpu(compose: dict[str, Any]) -> None:
@@ -445,7 +490,8 @@ def test_compose_environment_is_a_valid_prod_configuration(compose: dict[str, An
     settings = load_settings(config_dir=ROOT / "configs", environ=env).settings
     assert settings.env == "prod"
     assert settings.auth.enabled and settings.auth.api_key_hashes == [DIGEST]
-    assert settings.server.host == "0.0.0.0" and settings.server.port == 8000
+    assert settings.server.host == "0.0.0.0" and settings.server.port == HTTP_PORT
+    assert settings.grpc.enabled and settings.grpc.port == GRPC_PORT
 
 
 def test_every_mounted_file_exists(compose: dict[str, Any]) -> None:

