@@ -50,10 +50,10 @@ test-fast: install-dev ## Tests only, no coverage
 	$(BIN)/python -m pytest -q -x $(PYTEST_ARGS)
 
 ARGS ?=
-bench: install-dev ## Benchmark suite: served vs raw model as ratios, plots in bench/results (~13 min; ARGS=--quick)
+bench: install-dev ## Benchmark suite: served vs raw model as ratios, plots in bench/results (~16 min; ARGS=--quick)
 	$(BIN)/python -m bench.run $(ARGS)
 
-bench-quick: install-dev ## The benchmark suite's quick mode (~2.5 min), a smoke run; results in bench/results/quick.*
+bench-quick: install-dev ## The benchmark suite's quick mode (~3.5 min), a smoke run; results in bench/results/quick.*
 	$(BIN)/python -m bench.run --quick $(ARGS)
 
 bench-levers: install-dev ## A/B runs of the performance levers (~15 min), into bench/results/levers.json

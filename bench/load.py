@@ -28,7 +28,7 @@ import math
 import random
 import resource
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,11 +36,18 @@ from typing import Any
 MAX_OPEN_CONNECTIONS = 512
 
 
-def build_request(path: str, body: bytes, port: int, content_type: str = "image/jpeg") -> bytes:
-    """One complete HTTP/1.1 keep-alive POST, as bytes."""
+def build_request(
+    path: str,
+    body: bytes,
+    port: int,
+    content_type: str = "image/jpeg",
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """One complete HTTP/1.1 keep-alive POST, as bytes (``headers``: any more header fields)."""
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("ascii") + body
 
@@ -167,8 +174,16 @@ class Window:
     duration_s: float
     latencies_s: list[float] = field(default_factory=list)
     errors: int = 0
-    statuses: dict[int, int] = field(default_factory=dict)
+    statuses: dict[int | str, int] = field(default_factory=dict)  # HTTP statuses; gRPC codes by name
     loadgen_cpu_s: float = 0.0
+
+    def record(self, status: int | str, ok: bool, latency_s: float) -> None:
+        """One answer: its status counted, its latency kept if it succeeded, else an error."""
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if ok:
+            self.latencies_s.append(latency_s)
+        else:
+            self.errors += 1
 
     def result(self) -> dict[str, Any]:
         done = len(self.latencies_s)
@@ -178,7 +193,7 @@ class Window:
             "duration_s": self.duration_s,
             "requests": done,
             "errors": self.errors,
-            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items(), key=lambda kv: str(kv[0]))},
             "throughput_rps": done / self.duration_s,
             **summarise(self.latencies_s),
             "loadgen_cpu_cores": self.loadgen_cpu_s / self.duration_s,
@@ -235,11 +250,7 @@ async def closed_loop(
                 continue
             t1 = time.perf_counter()
             if window_start <= t1 <= window_end:
-                window.statuses[status] = window.statuses.get(status, 0) + 1
-                if status == 200:
-                    window.latencies_s.append(t1 - t0)
-                else:
-                    window.errors += 1
+                window.record(status, status == 200, t1 - t0)
 
     tasks = [asyncio.ensure_future(client(i, c)) for i, c in enumerate(connections)]
     await asyncio.sleep(window_start - time.perf_counter())
@@ -303,11 +314,7 @@ async def open_loop(
         done = time.perf_counter()
         idle.append(connection)
         if counted:
-            window.statuses[status] = window.statuses.get(status, 0) + 1
-            if status == 200:
-                window.latencies_s.append(done - scheduled)
-            else:
-                window.errors += 1
+            window.record(status, status == 200, done - scheduled)
 
     started_window = False
     cpu0 = 0.0

@@ -7,6 +7,11 @@ Everything here is a pure function of the results dictionary that :mod:`bench.ru
 A ``@shadow`` workload measured in the same run as its plain twin gets a "shadow cost" table:
 the twin's and its own throughput and caller latencies at the same points, their ratios, and the
 shadow copies compared and shed per request (:func:`shadow_cost`).
+
+The ``@transports`` comparisons (the results' ``transports`` list, :mod:`bench.transports`) get a
+"Transports" section: per transport, throughput at the most clients and latency at one client,
+both as ratios to REST multipart, the server's CPU per answered request and the load generator's
+(:func:`summarise_transports`), and a ``<stem>-transports.png`` plot.
 """
 
 from __future__ import annotations
@@ -188,6 +193,57 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
+#: How the report names each transport of :mod:`bench.transports`.
+TRANSPORT_LABELS = {
+    "rest_multipart": "REST multipart (/predict)",
+    "rest_jpeg": "REST raw JPEG body (/predict)",
+    "rest_v2_binary": "REST V2 binary tensors (/v2/.../infer)",
+    "grpc": "gRPC ModelInfer",
+}
+
+
+def summarise_transports(entry: dict[str, Any]) -> dict[str, Any]:
+    """One transport comparison: medians and spreads of every (clients, transport) point, the
+    server's CPU milliseconds per answered request, and ratios to the baseline transport at the
+    same clients (throughput, p50, p99, server CPU per request)."""
+    served = entry["served"]
+    baseline = served["baseline"]
+    points: dict[int, dict[str, dict[str, Any]]] = {}
+    for point in served["points"]:
+        runs = point["runs"]
+        summary = _point_summary(runs)
+        summary["server_cpu_ms_per_request"] = spread(
+            1000.0 * run["server_cpu_cores"] / run["throughput_rps"] if run.get("throughput_rps") else None
+            for run in runs
+        )
+        points.setdefault(int(point["clients"]), {})[point["transport"]] = summary
+    ratios: dict[int, dict[str, dict[str, float]]] = {}
+    keys = ("throughput_rps", "p50_ms", "p99_ms", "server_cpu_ms_per_request")
+    for clients, by_transport in points.items():
+        base = by_transport.get(baseline)
+        ratios[clients] = {
+            name: {key: ratio(p[key]["median"], base[key]["median"]) if base else math.nan for key in keys}
+            for name, p in by_transport.items()
+        }
+    return {
+        "name": entry["name"],
+        "model": entry["model"],
+        "images": entry["images"],
+        "baseline": baseline,
+        "transports": served["transports"],
+        "answers": served.get("answers", {}),
+        "clients": sorted(points),
+        "points": points,
+        "ratios": ratios,
+        "cold_start_s": served["cold_start_s"],
+        "peak_rss_mb": served["peak_rss_mb"],
+    }
+
+
+def summarise_all_transports(results: dict[str, Any]) -> dict[str, Any]:
+    return {entry["name"]: summarise_transports(entry) for entry in results.get("transports", [])}
+
+
 # -- markdown ------------------------------------------------------------------------------------
 
 
@@ -286,8 +342,71 @@ def _shadow_section(s: dict[str, Any], summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _transport_section(results: dict[str, Any]) -> list[str]:
+    """The transport comparisons: one table per model, the clients named once."""
+    compared = summarise_all_transports(results)
+    if not compared:
+        return []
+    clients_used = results["meta"].get("transport_clients") or next(
+        {name: t["description"] for name, t in c["transports"].items()} for c in compared.values()
+    )
+    lines = [
+        "",
+        "## Transports",
+        "",
+        "The same server process, model and JPEGs over each transport, in a closed loop with a "
+        "connection per client (one HTTP/1.1 keep-alive connection; for gRPC one channel, its own "
+        "HTTP/2 connection), every request serialised before the run; the transports take turns "
+        "within each point. Ratios are to the first row at the same clients (for p50, p99 and CPU "
+        "per request, below 1 is better). Server CPU: milliseconds of server-process CPU per "
+        "answered request; load generator: the suite's whole process (it shares the cores).",
+        "",
+    ]
+    lines += [f"- {TRANSPORT_LABELS.get(name, name)}: {text}" for name, text in clients_used.items()]
+    for c in compared.values():
+        hi, lo = max(c["clients"]), min(c["clients"])
+        answers = c["answers"]
+        agreed = ""
+        if answers:
+            index, score = next(iter(answers.values()))["index"], next(iter(answers.values()))["score"]
+            agreed = f" Every transport's top-1 for image 0: class {index}, p = {_f(score, 4)}."
+        lines += [
+            "",
+            f"### {c['model']} ({c['images']}): transports",
+            "",
+            f"One server (cold start {_f(c['cold_start_s'])} s, "
+            f"peak RSS {_f(c['peak_rss_mb'], 0)} MB).{agreed}",
+            "",
+            f"| transport | request KB | req/s @{hi} | ratio | p50 / p99 ms @{hi} | p50 ms @{lo} | ratio "
+            f"| p99 ms @{lo} | ratio | server CPU ms/req @{hi} (@{lo}) | load gen µs/req @{hi} (@{lo}) "
+            "| errors |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        order = [c["baseline"], *(t for t in c["transports"] if t != c["baseline"])]
+        for name in order:
+            top, one = c["points"].get(hi, {}).get(name), c["points"].get(lo, {}).get(name)
+            if top is None or one is None:
+                continue
+            r_top, r_one = c["ratios"][hi][name], c["ratios"][lo][name]
+            errors = top["errors"] + (one["errors"] if lo != hi else 0)
+            lines.append(
+                f"| {TRANSPORT_LABELS.get(name, name)} "
+                f"| {_f(c['transports'][name]['request_bytes'] / 1024, 1)} "
+                f"| {_with_spread(top['throughput_rps'])} | {_f(r_top['throughput_rps'], 2)} "
+                f"| {_ms(top['p50_ms'])} / {_ms(top['p99_ms'])} "
+                f"| {_f(one['p50_ms']['median'], 2)} | {_f(r_one['p50_ms'], 2)} "
+                f"| {_f(one['p99_ms']['median'], 2)} | {_f(r_one['p99_ms'], 2)} "
+                f"| {_f(top['server_cpu_ms_per_request']['median'], 2)} "
+                f"({_f(one['server_cpu_ms_per_request']['median'], 2)}) "
+                f"| {_f(top['loadgen_cpu_us_per_request']['median'], 0)} "
+                f"({_f(one['loadgen_cpu_us_per_request']['median'], 0)}) "
+                f"| {errors} |"
+            )
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
-    """The headline table, then one section per workload."""
+    """The headline table, then one section per workload, then the transport comparisons."""
     meta = results["meta"]
     summary = results.get("summary") or summarise(results)
     m, v = meta["machine"], meta["versions"]
@@ -298,18 +417,24 @@ def markdown(results: dict[str, Any]) -> str:
         f"{', '.join(f'{x:.2f}' for x in m['load_average'])}, after "
         f"{', '.join(f'{x:.2f}' for x in meta.get('load_average_after', []))}. "
         f"Python {v['python']}, torch {v['torch']}, onnxruntime {v['onnxruntime']}, numpy {v['numpy']}, "
-        f"Pillow {v['pillow']}, uvicorn {v['uvicorn']}, uvloop {v['uvloop']}, httptools {v['httptools']}. "
+        f"Pillow {v['pillow']}, uvicorn {v['uvicorn']}, uvloop {v['uvloop']}, httptools {v['httptools']}"
+        + "".join(f", {name} {v[name]}" for name in ("grpcio", "tritonclient") if name in v)
+        + ". "
         f"Run took {meta.get('duration_s', 0) / 60:.1f} min.",
         "",
         f"Load generator: {meta['load_generator']}. Server: {meta['server']}. Every point: "
         f"{meta['plan']['repeats']} runs (interleaved sweeps) of {meta['plan']['duration_s']:g} s "
         f"({meta['plan']['heavy_duration_s']:g} s for ViT) after {meta['plan']['warmup_s']:g} s warm-up; "
         "medians, ± half the min-max spread.",
-        "",
-        "| workload | raw pipeline img/s | served req/s @1 / 8 / 32 / 64 clients | served/raw @8 / @32 "
-        "| p50 / p99 ms @32 | 1-client p50 ms (bound) | avg batch @32 (max) | server CPU @32 | peak RSS MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
+    if summary:
+        lines += [
+            "",
+            "| workload | raw pipeline img/s | served req/s @1 / 8 / 32 / 64 clients | served/raw @8 / @32 "
+            "| p50 / p99 ms @32 | 1-client p50 ms (bound) | avg batch @32 (max) | server CPU @32 "
+            "| peak RSS MB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
     for s in summary.values():
         closed = s["closed"]
 
@@ -326,13 +451,14 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_f(c32['avg_batch_size']['median'], 2) if c32 else '-'} ({s['max_batch_size']}) "
             f"| {_f(c32['server_cpu_cores']['median'], 2) if c32 else '-'} | {_f(s['peak_rss_mb'], 0)} |"
         )
-    lines += [
-        "",
-        "## Targets",
-        "",
-        "| workload | target | measured | limit | met |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    if summary:
+        lines += [
+            "",
+            "## Targets",
+            "",
+            "| workload | target | measured | limit | met |",
+            "| --- | --- | --- | --- | --- |",
+        ]
     for s in summary.values():
         for t in s["targets"]:
             lines.append(
@@ -386,6 +512,7 @@ def markdown(results: dict[str, Any]) -> str:
                 )
         if s["shadow"]:
             lines += _shadow_section(s, summary)
+    lines += _transport_section(results)
     return "\n".join(lines) + "\n"
 
 
@@ -410,7 +537,9 @@ def plot(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     import matplotlib.pyplot as plt
 
     summary = results.get("summary") or summarise(results)
-    paths = []
+    paths = plot_transports(results, out, stem)
+    if not summary:
+        return paths
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
     for index, s in enumerate(summary.values()):
         colour = f"C{index}"
@@ -472,6 +601,62 @@ def plot(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     return paths
 
 
+def plot_transports(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
+    """``<stem>-transports.png`` (``transports.png`` for the stem ``transports``): each transport's
+    throughput at the most clients and its 1-client p50 and p99 as ratios to the baseline's, a bar
+    per transport, a group per model (nothing without transport comparisons)."""
+    compared = summarise_all_transports(results)
+    if not compared:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(t for c in compared.values() for t in c["transports"]))
+    width = 0.8 / len(names)
+    fig, (top, one) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=90)
+    for index, name in enumerate(names):
+        xs, rps, rps_err, p50, p99 = [], [], [[], []], [], []
+        for x, c in enumerate(compared.values()):
+            hi, lo = max(c["clients"]), min(c["clients"])
+            point = c["points"].get(hi, {}).get(name)
+            base = c["points"].get(hi, {}).get(c["baseline"])
+            if point is None or base is None or name not in c["ratios"].get(lo, {}):
+                continue
+            xs.append(x + (index - (len(names) - 1) / 2) * width)
+            t, b = point["throughput_rps"], base["throughput_rps"]["median"]
+            rps.append(t["median"] / b)
+            rps_err[0].append((t["median"] - t["min"]) / b)
+            rps_err[1].append((t["max"] - t["median"]) / b)
+            p50.append(c["ratios"][lo][name]["p50_ms"])
+            p99.append(c["ratios"][lo][name]["p99_ms"])
+        label = TRANSPORT_LABELS.get(name, name)
+        top.bar(xs, rps, width, yerr=rps_err, capsize=2, color=f"C{index}", label=label)
+        one.bar(xs, p50, width, color=f"C{index}", label=label)
+        one.plot(xs, p99, "k_", markersize=10)
+    clients = [f"{c['model']}\n@{max(c['clients'])} clients" for c in compared.values()]
+    top.set_xticks(range(len(compared)), clients, fontsize=8)
+    top.set_ylabel("req/s, ratio (whiskers: min-max of runs)", fontsize=8)
+    top.set_title("Throughput", fontsize=9)
+    single = [f"{c['model']}\n@{min(c['clients'])} client" for c in compared.values()]
+    one.set_xticks(range(len(compared)), single, fontsize=8)
+    one.set_ylabel("latency, ratio (bar: p50, dash: p99)", fontsize=8)
+    one.set_title("Latency", fontsize=9)
+    for ax in (top, one):
+        ax.axhline(1.0, color="grey", linewidth=1)
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.tick_params(labelsize=7)
+    one.legend(fontsize=7, loc="lower right")
+    baseline = TRANSPORT_LABELS.get(next(iter(compared.values()))["baseline"], "the baseline")
+    fig.suptitle(f"Transports on one server, model and image set: ratios to {baseline}", fontsize=9)
+    fig.tight_layout()
+    path = out / ("transports.png" if stem == "transports" else f"{stem}-transports.png")
+    fig.savefig(path)
+    plt.close(fig)
+    return [path]
+
+
 def _jsonable(value: Any) -> Any:
     """JSON with integer keys as strings, NaN as null (strict JSON readers refuse NaN), and floats
     to 5 significant digits (the measurements are not more precise; the file stays small)."""
@@ -488,10 +673,12 @@ def write(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     """``<stem>.json``, ``<stem>.md`` and the plots under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     document = _jsonable({**results, "summary": summarise(results)})
+    if results.get("transports"):
+        document["transport_summary"] = _jsonable(summarise_all_transports(results))
     json_path = out / f"{stem}.json"
     json_path.write_text(json.dumps(document, indent=1) + "\n")
     # Rendered from what was saved, so that re-rendering the JSON later gives the same report.
-    saved = {key: value for key, value in document.items() if key != "summary"}
+    saved = {key: value for key, value in document.items() if key not in ("summary", "transport_summary")}
     md_path = out / f"{stem}.md"
     md_path.write_text(markdown(saved))
     return [json_path, md_path, *plot(saved, out, stem)]
@@ -501,6 +688,7 @@ def load_results(path: Path) -> dict[str, Any]:
     """A saved ``results.json``, with its summary recomputed (keys back to numbers)."""
     results: dict[str, Any] = json.loads(path.read_text())
     results.pop("summary", None)
+    results.pop("transport_summary", None)
     return results
 
 

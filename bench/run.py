@@ -35,6 +35,14 @@ request (``--quick --workloads tiny_cnn tiny_cnn@shadow``: about two minutes). E
 counts the copies compared and shed (shadows shed first under load), and at the end the
 server's shadow counters (copies by outcome, top-1 agreement ratio: 1.0 for identical weights)
 are recorded.
+
+The ``@transports`` workloads (EfficientNet-Lite0 and the tiny CNN; in the default set, and
+EfficientNet's in ``--quick``) compare transports on one server process, one model and the same
+JPEGs (:mod:`bench.transports`): REST multipart and raw-body uploads to ``/predict``, REST V2 with
+the binary tensor extension and gRPC ``ModelInfer``, each at 1 and 32 clients in a closed loop,
+the transports interleaved. No raw passes: the ratios are to REST multipart. They go to the
+results' ``transports`` list and the report's "Transports" section (``--quick --workloads
+efficientnet_lite0@transports``: about a minute).
 """
 
 from __future__ import annotations
@@ -56,7 +64,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import load, report
+from bench import load, report, transports
 from bench.server import ServedModel, parse_metrics, shadow_counters, window_metrics
 from bench.workloads import (
     DEFAULT_CACHE,
@@ -84,11 +92,12 @@ class Workload:
     open_fractions: tuple[float, ...] = (0.3, 0.6, 0.9)
     protocol: ApiProtocol = "native"  # "v2": pre-processed tensors as V2 JSON (bench.workloads)
     shadow: bool = False  # two identical versions, every request copied to version 2 (SHADOW_OVERRIDES)
+    transports: bool = False  # the same images over REST and gRPC (bench.transports), no raw passes
 
     @property
     def twin(self) -> str:
         """The plain workload this one is a variant of (itself for a plain one)."""
-        return self.name.partition("@v2")[0].partition("@shadow")[0]
+        return self.name.partition("@v2")[0].partition("@shadow")[0].partition("@transports")[0]
 
     @property
     def versions(self) -> tuple[int, ...]:
@@ -128,9 +137,16 @@ SHADOW_WORKLOADS = tuple(
     for w in NATIVE_WORKLOADS
     if w.name in ("tiny_cnn", "efficientnet_lite0")
 )
-WORKLOADS = {w.name: w for w in (*NATIVE_WORKLOADS, *V2_WORKLOADS, *SHADOW_WORKLOADS)}
-DEFAULT_WORKLOADS = tuple(w.name for w in NATIVE_WORKLOADS)
-QUICK_WORKLOADS = ("tiny_cnn", "efficientnet_lite0_onnx")
+#: Transport comparisons: the model's JPEGs over REST (multipart, raw body, V2 binary) and gRPC,
+#: on one server, at 1 client (latency) and 32 (throughput).
+TRANSPORT_WORKLOADS = tuple(
+    replace(w, name=f"{w.name}@transports", transports=True, concurrency=(1, 32), open_fractions=())
+    for w in NATIVE_WORKLOADS
+    if w.name in ("efficientnet_lite0", "tiny_cnn")
+)
+WORKLOADS = {w.name: w for w in (*NATIVE_WORKLOADS, *V2_WORKLOADS, *SHADOW_WORKLOADS, *TRANSPORT_WORKLOADS)}
+DEFAULT_WORKLOADS = tuple(w.name for w in (*NATIVE_WORKLOADS, *TRANSPORT_WORKLOADS))
+QUICK_WORKLOADS = ("tiny_cnn", "efficientnet_lite0_onnx", "efficientnet_lite0@transports")
 
 
 @dataclass(frozen=True)
@@ -205,6 +221,9 @@ def versions() -> dict[str, str]:
         "uvicorn",
         "uvloop",
         "httptools",
+        "grpcio",
+        "protobuf",
+        "tritonclient",
     ):
         try:
             out[name] = metadata.version(name)
@@ -448,6 +467,85 @@ def served(
     return result
 
 
+def served_transports(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, Any]:
+    """Every transport at every point against one fresh server (gRPC on a port of its own), the
+    transports interleaved within each point and the whole sweep repeated."""
+    spec = model_specs()[workload.model]
+    repo = write_repository(spec, cache, Path(tempfile.mkdtemp(prefix="bench-repo-")))
+    log_path = out / f"server-{workload.name.replace('@', '-')}.log.tmp"
+    images = request_set(workload.model, workload.images, "native").bodies
+    clients_points = plan.concurrency(workload)
+    points: dict[tuple[int, str], list[dict[str, Any]]] = {
+        (c, t): [] for c in clients_points for t in transports.TRANSPORTS
+    }
+    with ServedModel(repo, workload.model, env=spec.settings_env, log_path=log_path).start() as server:
+        ports = server.port, server.grpc_port
+        answers = transports.check_answers(workload.model, spec.path, images[0], *ports)
+        targets = transports.targets(workload.model, spec.path, images, *ports)
+        log(
+            f"  served: ready in {server.cold_start_s:.1f}s (HTTP {server.port}, gRPC {server.grpc_port}); "
+            f"image 0's top-1 over every transport: class {answers[transports.BASELINE][0]}; "
+            f"{list(transports.TRANSPORTS)} at {list(clients_points)} clients x{plan.repeats}"
+        )
+
+        async def sweep() -> None:
+            for repeat in range(plan.repeats):
+                for clients in clients_points:
+                    for name, target in targets.items():
+                        probe = Probe(server)
+                        window = await transports.closed_loop(
+                            target, clients, plan.warmup_s, plan.duration(workload), probe.mark, probe.mark
+                        )
+                        point = {**window.result(), **probe.result()}
+                        points[clients, name].append(point)
+                        log(
+                            f"    {clients:>2} clients {name:<14} (run {repeat + 1}): "
+                            f"{point['throughput_rps']:.1f} req/s, p50 {point['p50_ms']:.1f} ms, "
+                            f"p99 {point['p99_ms']:.1f} ms, errors {point['errors']}, "
+                            f"server CPU {point['server_cpu_cores']:.2f}, "
+                            f"load gen {point['loadgen_cpu_us_per_request']:.0f} µs/req"
+                        )
+
+        load.run(sweep())
+        cold, rss = server.cold_start_s, server.peak_rss_mb
+    log_path.unlink(missing_ok=True)
+    return {
+        "baseline": transports.BASELINE,
+        "clients": list(clients_points),
+        "transports": {
+            name: {
+                "description": transports.DESCRIPTIONS[name],
+                "request_bytes": target.request_bytes,
+            }
+            for name, target in targets.items()
+        },
+        "answers": {name: {"index": index, "score": score} for name, (index, score) in answers.items()},
+        "cold_start_s": cold,
+        "peak_rss_mb": rss,
+        "points": [
+            {"clients": clients, "transport": name, "runs": runs} for (clients, name), runs in points.items()
+        ],
+    }
+
+
+def run_transports(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, Any]:
+    spec = model_specs()[workload.model]
+    document = spec.model_yaml(weights_for(spec, cache))
+    started = time.perf_counter()
+    log(f"{workload.name}: transports on one server")
+    service = served_transports(workload, plan, cache, out)
+    return {
+        "name": workload.name,
+        "model": workload.model,
+        "images": workload.images,
+        "description": spec.description,
+        "model_yaml": {k: v for k, v in document.items() if k != "weights"},
+        "server_env": spec.settings_env,
+        "served": service,
+        "seconds": time.perf_counter() - started,
+    }
+
+
 def shadow_note(point: dict[str, Any]) -> str:
     """``, shadow copies 812 compared / 3 shed`` for a window of a shadow workload."""
     shadow = point.get("shadow")
@@ -502,7 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workloads",
         nargs="+",
         choices=sorted(WORKLOADS),
-        help="default: every native workload (quick: two); the @v2 and @shadow ones run when named",
+        help=(
+            "default: every native workload and the @transports ones (quick: two and "
+            "efficientnet_lite0@transports); the @v2 and @shadow ones run when named"
+        ),
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="built model weights (reused)")
@@ -518,8 +619,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             heavy_duration_s=2 * args.duration if args.duration else plan.heavy_duration_s,
         )
     names = args.workloads or (QUICK_WORKLOADS if args.quick else DEFAULT_WORKLOADS)
-    # Shadow twins after the plain ones, so that they run at the plain twin's open-loop rates.
-    names = sorted(dict.fromkeys(names), key=lambda name: WORKLOADS[name].shadow)
+    # Shadow twins after the plain ones, so that they run at the plain twin's open-loop rates;
+    # the transport comparisons last.
+    names = sorted(
+        dict.fromkeys(names), key=lambda name: (WORKLOADS[name].transports, WORKLOADS[name].shadow)
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     meta: dict[str, Any] = {
@@ -533,6 +637,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         "server": "python -m inference_engine serve --env dev (shipped defaults), one model, loopback",
     }
+    if any(WORKLOADS[name].transports for name in names):
+        meta["transport_clients"] = dict(transports.DESCRIPTIONS)
     log(
         f"machine: {meta['machine']['cores']} cores, {meta['machine']['cpu_model']}, "
         f"load {meta['machine']['load_average']}"
@@ -543,8 +649,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         weights_for(model_specs()[workload.model], args.cache)
         request_set(workload.model, workload.images, workload.protocol)
     workloads: list[dict[str, Any]] = []
+    compared: list[dict[str, Any]] = []
     for name in names:
         workload = WORKLOADS[name]
+        if workload.transports:
+            compared.append(run_transports(workload, plan, args.cache, args.out))
+            continue
         twin = next((w for w in workloads if w["name"] == workload.twin), None)
         rates = [p["rate"] for p in twin["served"]["open"]] if workload.shadow and twin else None
         if workload.shadow and twin is None:
@@ -553,7 +663,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     meta["duration_s"] = time.time() - started
     meta["load_average_after"] = list(os.getloadavg())
-    results = {"meta": meta, "workloads": workloads}
+    results: dict[str, Any] = {"meta": meta, "workloads": workloads}
+    if compared:
+        results["transports"] = compared
     results["summary"] = report.summarise(results)
     stem = "quick" if args.quick else "results"
     report.write(results, args.out, stem)

@@ -1,6 +1,7 @@
 """The real server as a child process on loopback, and what it costs while it serves.
 
-:class:`ServedModel` starts ``python -m inference_engine serve`` on a free port with a
+:class:`ServedModel` starts ``python -m inference_engine serve`` on a free port (and its gRPC
+listener on another, so that no run collides with a server on the default 8001) with a
 one-model repository, waits for ``/ready``, samples the process's resident memory in a
 background thread (peak RSS) and reads its CPU time at window edges (CPU cores used).
 :func:`parse_metrics` turns ``/metrics`` text into sums and counts, so the achieved batch
@@ -155,6 +156,7 @@ class ServedModel:
     launcher: tuple[str, ...] = ("-m", "inference_engine")  # bench.serve_with swaps uvicorn's loop/parser
     log_path: Path | None = None
     port: int = 0
+    grpc_port: int = 0  # the gRPC listener's (the dev config serves gRPC): a free port, not 8001
     process: subprocess.Popen[bytes] | None = None
     cold_start_s: float = 0.0
     _psutil: psutil.Process | None = None
@@ -168,6 +170,7 @@ class ServedModel:
 
     def start(self, timeout: float = 300.0) -> ServedModel:
         self.port = self.port or free_port()
+        self.grpc_port = self.grpc_port or free_port()
         environ = {**os.environ, **self.env}
         command = [
             sys.executable,
@@ -185,6 +188,8 @@ class ServedModel:
             "127.0.0.1",
             "--port",
             str(self.port),
+            "--grpc-port",
+            str(self.grpc_port),
         ]
         self._log = self.log_path.open("wb") if self.log_path else None
         sink = self._log if self._log is not None else subprocess.DEVNULL
