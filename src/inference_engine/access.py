@@ -14,7 +14,9 @@ import hashlib
 import hmac
 
 from inference_engine.errors import Forbidden, RateLimited, Unauthorized
-from inference_engine.ratelimit import Decision, RateLimiter
+from inference_engine.metrics import Metrics
+from inference_engine.ratelimit import BucketStore, Decision, InMemoryBuckets, RateLimiter
+from inference_engine.ratelimit_redis import RedisBuckets
 from inference_engine.settings import AuthSettings, RateLimitSettings
 
 
@@ -56,10 +58,24 @@ class AccessPolicy:
         self.limiter = limiter
 
     @classmethod
-    def from_settings(cls, auth: AuthSettings, rate_limit: RateLimitSettings) -> AccessPolicy:
-        return cls(auth, RateLimiter(rate_limit) if rate_limit.enabled else None)
+    def from_settings(
+        cls, auth: AuthSettings, rate_limit: RateLimitSettings, metrics: Metrics | None = None
+    ) -> AccessPolicy:
+        if not rate_limit.enabled:
+            return cls(auth, None)
+        store: BucketStore = (
+            RedisBuckets(rate_limit, metrics)
+            if rate_limit.backend == "redis"
+            else InMemoryBuckets(rate_limit.max_clients)
+        )
+        return cls(auth, RateLimiter(rate_limit, store))
 
-    def check(self, key: str | None, client: str, *, operational: bool, admin: bool) -> Decision | None:
+    async def aclose(self) -> None:
+        """Release the rate limiter's store (a Redis connection pool)."""
+        if self.limiter is not None:
+            await self.limiter.aclose()
+
+    async def check(self, key: str | None, client: str, *, operational: bool, admin: bool) -> Decision | None:
         """Raise ``Unauthorized``, ``Forbidden`` or ``RateLimited``, or admit the call.
 
         ``operational``: a probe or a scrape (no key unless ``auth.protect_operational``, never
@@ -69,17 +85,17 @@ class AccessPolicy:
         if self.auth.enabled and not (operational and not self.auth.protect_operational):
             digest = self.keys.verify(key) if key else None
             if digest is None:
-                self._limit(f"addr:{client}")  # failed attempts count against the address
+                await self._limit(f"addr:{client}")  # failed attempts count against the address
                 raise Unauthorized("a valid API key is required (Authorization: Bearer <key>)")
             if admin and self.admin_keys.verify(key or "") is None:
                 raise Forbidden("model control needs an admin key (auth.admin_key_hashes)")
             client = digest
-        return None if operational else self._limit(client)
+        return None if operational else await self._limit(client)
 
-    def _limit(self, client: str) -> Decision | None:
+    async def _limit(self, client: str) -> Decision | None:
         if self.limiter is None:
             return None
-        decision = self.limiter.check(client)
+        decision = await self.limiter.check(client)
         if not decision.allowed:
             raise RateLimited(
                 "too many requests; slow down and retry after the time in Retry-After",

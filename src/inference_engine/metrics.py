@@ -195,6 +195,18 @@ class Metrics:
             ["model", "operation", "outcome"],
             registry=r,
         )
+        self.rate_limit_store_up = Gauge(
+            f"{PREFIX}_rate_limit_store_up",
+            "1 while the shared rate-limit store answers, 0 while requests go unchecked (backend).",
+            ["backend"],
+            registry=r,
+        )
+        self.rate_limit_unchecked = Counter(
+            f"{PREFIX}_rate_limit_unchecked",
+            "Requests decided without the rate-limit store (action: allowed = fail open, refused = closed).",
+            ["action"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

@@ -172,6 +172,25 @@ class RateLimitSettings(_Section):
     """Per-key limits, keyed by the key's hex SHA-256 digest."""
     max_clients: int = Field(100_000, ge=1)
     """Buckets kept in memory; the least recently seen client is forgotten past it."""
+    backend: Literal["memory", "redis"] = "memory"
+    """Where buckets live: ``memory`` (per process, so N replicas allow N times the limit) or
+    ``redis`` (one bucket per key shared by every replica using ``redis_url``)."""
+    redis_url: str | None = None
+    """Redis for ``backend: redis``, e.g. ``redis://:password@redis:6379/0`` (``rediss://`` for TLS)."""
+    redis_timeout_s: float = Field(0.1, gt=0, le=5)
+    """Longest wait for Redis per request (connect or answer); past it the fail mode applies."""
+    fail_open: bool = True
+    """With Redis unreachable: serve unlimited (true; counted and logged) or refuse with 503 (false)."""
+    redis_retry_interval_s: float = Field(1.0, gt=0)
+    """After a Redis failure, requests skip Redis (fail mode at once) for this long, then retry."""
+    redis_key_prefix: str = "inference-engine:ratelimit:"
+    """Prefix of the bucket keys, so several deployments can share one Redis."""
+
+    @model_validator(mode="after")
+    def _redis_needs_url(self) -> RateLimitSettings:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("backend 'redis' needs redis_url (e.g. redis://redis:6379/0)")
+        return self
 
 
 class UrlSettings(_Section):

@@ -36,7 +36,7 @@ class AccessControlMiddleware:
             return
         client = scope["client"][0] if scope.get("client") else "unknown"
         try:
-            decision = self.policy.check(
+            decision = await self.policy.check(
                 presented_key(Headers(scope=scope)),
                 client,
                 operational=scope["path"] in OPERATIONAL_PATHS,

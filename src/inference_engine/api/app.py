@@ -48,7 +48,7 @@ def create_app(
     transports: Sequence[Transport] = (),
 ) -> FastAPI:
     """The HTTP application; ``access`` is shared with the ``transports`` (one rate limit per key)."""
-    access = access or AccessPolicy.from_settings(settings.auth, settings.rate_limit)
+    access = access or AccessPolicy.from_settings(settings.auth, settings.rate_limit, metrics)
     fetcher = ImageFetcher(settings.urls) if settings.urls.enabled else None
 
     watchdog = Watchdog(service, settings.watchdog)
@@ -71,6 +71,7 @@ def create_app(
             await service.stop(settings.server.drain_timeout_s)
             if fetcher is not None:
                 await fetcher.aclose()
+            await access.aclose()
             if tracer_provider is not None:
                 tracer_provider.shutdown()  # flushes spans still batched for export
 

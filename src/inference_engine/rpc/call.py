@@ -193,7 +193,7 @@ class Calls:
         raised. A cancelled call (the client went away, or its deadline passed) stays cancelled."""
         key = bearer_or_api_key(call.metadata.get("authorization", ""), call.metadata.get("x-api-key", ""))
         try:
-            decision = self.access.check(key, peer_address(peer), operational=operational, admin=admin)
+            decision = await self.access.check(key, peer_address(peer), operational=operational, admin=admin)
             if decision is not None:
                 call.limits = tuple((k.lower(), v) for k, v in decision.headers().items())
             return await work(call), Outcome()
