@@ -79,8 +79,9 @@ SECTION_NOTES: dict[str, str] = {
         "digest; see [security.md](security.md#api-keys)."
     ),
     "rate_limit": (
-        "Buckets live in each process, so N replicas allow up to N times the rate; see "
-        "[security.md](security.md#rate-limits) for the shared-store design."
+        "With `backend: memory` buckets live in each process, so N replicas allow up to N times "
+        "the rate; `backend: redis` shares one bucket per client across replicas. Fail modes and "
+        "metrics: [security.md](security.md#several-replicas-backend-redis)."
     ),
     "rate_limit.overrides.<client>": (
         "One entry per client, e.g. "

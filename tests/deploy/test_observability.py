@@ -38,7 +38,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from inference_engine.metrics import Metrics
-from tests.helpers import ROOT, ServerProcess, cat_jpeg, encode
+from tests.helpers import ROOT, ServerProcess, cat_jpeg, encode, free_port
 from tests.repository import add_colour_model, add_colour_text_model, add_model
 
 DEPLOY = ROOT / "deploy"
@@ -291,6 +291,13 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]:
         "IE_SERVER__MODEL_CONTROL": "true",
         "IE_WATCHDOG__MAX_FORWARD_S": "1.0",
         "IE_WATCHDOG__CHECK_INTERVAL_S": "0.1",
+        # Shared rate limits with a Redis that is not there (a closed port): every request is
+        # served by the fail-open path, which gives the store's gauge and counter their samples.
+        "IE_RATE_LIMIT__ENABLED": "true",
+        "IE_RATE_LIMIT__RATE": "1000",
+        "IE_RATE_LIMIT__BURST": "1000",
+        "IE_RATE_LIMIT__BACKEND": "redis",
+        "IE_RATE_LIMIT__REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
     }
     server = ServerProcess(repo, env=env)
     server.start(tmp_path_factory.mktemp("observability-logs") / "server.log")
@@ -438,6 +445,7 @@ def test_rules_cover_the_operational_signals() -> None:
         "inference_engine_watchdog_restarts_total",
         "inference_engine_model_load_failures_total",
         "inference_engine_shadow_agreement_ratio",
+        "inference_engine_rate_limit_store_up",
     ):
         assert needed in exprs, f"no alert uses {needed}"
     shadow = by_name[SHADOW_ALERT]
@@ -700,6 +708,16 @@ ALERT_UNIT_TESTS: list[dict[str, Any]] = [
             _silent(SHADOW_ALERT, "4m"),
             _silent(SHADOW_ALERT, "18m"),
             _firing(SHADOW_ALERT, "22m", "warning", model="m", primary="1", shadow="2"),
+        ],
+    },
+    {
+        "name": "a replica that cannot reach Redis for its rate limits for 2 minutes",
+        "interval": "1m",
+        "input_series": [_series("inference_engine_rate_limit_store_up", "1 1 0 0 0 0 1", backend="redis")],
+        "alert_rule_test": [
+            _silent("InferenceEngineRateLimitStoreDown", "3m"),  # down for 1 minute: could be a blip
+            _firing("InferenceEngineRateLimitStoreDown", "4m", "warning", backend="redis"),
+            _silent("InferenceEngineRateLimitStoreDown", "6m"),  # back
         ],
     },
 ]
