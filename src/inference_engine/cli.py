@@ -12,6 +12,7 @@ import logging
 import os
 import secrets
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,8 +138,20 @@ def _load(args: argparse.Namespace) -> LoadedSettings:
     )
 
 
+def _without_password(url: str) -> str:
+    """``redis://:***@host:6379/0`` for a URL with a password: ``config show`` output gets pasted."""
+    parts = urllib.parse.urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def _config_show(loaded: LoadedSettings, fmt: str) -> int:
-    rows = list(loaded.items())
+    rows = [
+        (key, _without_password(value) if key.endswith("_url") and isinstance(value, str) else value, source)
+        for key, value, source in loaded.items()
+    ]
     if fmt == "json":
         print(json.dumps({key: {"value": value, "source": source} for key, value, source in rows}, indent=2))
         return 0

@@ -62,6 +62,16 @@ def test_config_show_text_prints_values_and_sources(capsys: pytest.CaptureFixtur
     assert lines["server.default_model"].endswith("# default")
 
 
+def test_config_show_hides_a_password_in_urls(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IE_RATE_LIMIT__REDIS_URL", "redis://:hunter2@redis:6379/0")
+    assert cli.main(["config", "show", "--env", "test", "--config-dir", str(REPO_CONFIGS)]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    assert '"redis://:***@redis:6379/0"' in out
+
+
 def test_config_show_json(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(
         ["config", "show", "--env", "prod", "--config-dir", str(REPO_CONFIGS), "--format", "json"]
