@@ -67,8 +67,9 @@ soak: install-dev ## Soak test: mixed load for SOAK_SECONDS (600), flat memory/f
 	SOAK_SECONDS=$(SOAK_SECONDS) SOAK_REPORT=bench/results/soak.json \
 		$(BIN)/python -m pytest -q -s -p no:cacheprovider --no-cov tests/chaos/test_soak.py
 
-docs: install ## Regenerate docs/CONFIGURATION.md from the settings models
+docs: install-dev ## Regenerate docs/CONFIGURATION.md (settings) and the Helm chart's values table (schema)
 	$(BIN)/inference-engine config docs > docs/CONFIGURATION.md
+	$(BIN)/python tools/helm_values_table.py
 
 proto: install-dev ## Regenerate the gRPC modules and their type stubs from the .proto (tools/generate_proto.py)
 	$(BIN)/python tools/generate_proto.py
