@@ -13,6 +13,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     PlatformCollector,
     ProcessCollector,
@@ -34,10 +35,12 @@ class Metrics:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
         self.build_info = Gauge(f"{PREFIX}_build_info", "Server version.", ["version"], registry=r)
-        # The process' own: resident memory, open descriptors, CPU (process_*), Python's version,
-        # and what a leak shows first, threads and asyncio tasks (the soak test watches them).
+        # The process' own: resident memory, open descriptors, CPU, start time (process_*),
+        # Python's version and garbage collector (python_*), and what a leak shows first,
+        # threads and asyncio tasks (the soak test watches them).
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        GCCollector(registry=r)
         self.threads = Gauge(f"{PREFIX}_threads", "Threads in the server process.", registry=r)
         self.threads.set_function(threading.active_count)
         self.asyncio_tasks = Gauge(

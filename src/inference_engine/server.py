@@ -21,6 +21,7 @@ from inference_engine.api.app import Transport
 from inference_engine.control import ModelRepository
 from inference_engine.drain import CloseWhileDraining, DrainingServer
 from inference_engine.errors import ConfigError
+from inference_engine.gpumetrics import watch_cuda
 from inference_engine.logging import configure_logging
 from inference_engine.metrics import Metrics
 from inference_engine.models.loader import ModelSpec, scan_repository
@@ -67,7 +68,9 @@ def build_app(
     process serves HTTP only unless the test asks too).
     """
     check_settings(settings)
-    metrics = metrics or Metrics()
+    if metrics is None:
+        metrics = Metrics()
+        watch_cuda(metrics.registry)  # GPU memory and utilisation, where CUDA is present
     tracer_provider = tracer_provider or build_tracer_provider(settings.tracing)
     specs, broken = scan_repository(settings.model_repository, settings.batching, settings.models or None)
     if not settings.models:

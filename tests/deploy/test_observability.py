@@ -35,11 +35,14 @@ import httpx
 import numpy as np
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from inference_engine.gpumetrics import watch_cuda
 from inference_engine.metrics import Metrics
 from tests.helpers import ROOT, ServerProcess, cat_jpeg, encode, free_port
 from tests.repository import add_colour_model, add_colour_text_model, add_model
+from tests.unit.test_gpumetrics import FakeCuda
 
 DEPLOY = ROOT / "deploy"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
@@ -106,6 +109,8 @@ VERSIONED_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "inference_engine_repository_operations": ("counter", ("model", "operation", "outcome")),
 }
 VERSIONS_ROW = "Versions"
+#: Per process and per GPU, not per model: Prometheus' process_*/python_* and the GPU gauges.
+PROCESS_ROW = "Process and GPU"
 SHADOW_ALERT = "InferenceEngineShadowDisagreement"
 
 
@@ -310,9 +315,16 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]:
                 if all(s in text for s in BACKGROUND_SERIES) or time.monotonic() > deadline:
                     break
                 time.sleep(0.1)
-        yield parse_exposition(text)
+        yield parse_exposition(text + cuda_exposition())
     finally:
         server.stop()
+
+
+def cuda_exposition() -> str:
+    """What a CUDA replica adds (no GPU here): the GPU gauges over two stand-in devices."""
+    registry = CollectorRegistry()
+    watch_cuda(registry, FakeCuda())
+    return generate_latest(registry).decode()
 
 
 # -- names and labels against the real server --------------------------------------------------
@@ -446,6 +458,8 @@ def test_rules_cover_the_operational_signals() -> None:
         "inference_engine_model_load_failures_total",
         "inference_engine_shadow_agreement_ratio",
         "inference_engine_rate_limit_store_up",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
     ):
         assert needed in exprs, f"no alert uses {needed}"
     shadow = by_name[SHADOW_ALERT]
@@ -720,6 +734,34 @@ ALERT_UNIT_TESTS: list[dict[str, Any]] = [
             _silent("InferenceEngineRateLimitStoreDown", "6m"),  # back
         ],
     },
+    {
+        "name": "resident memory growing steadily for 2 hours, after the first hour of uptime",
+        "interval": "1m",
+        "input_series": [
+            # 1 GB growing 4 MB a minute (24% an hour at first, 12% at the end), started at 0
+            _series("process_resident_memory_bytes", "1e9+4e6x300", instance="leaky:8000"),
+            _series("process_start_time_seconds", "0x300", instance="leaky:8000"),
+            # flat at 2 GB
+            _series("process_resident_memory_bytes", "2e9x300", instance="steady:8000"),
+            _series("process_start_time_seconds", "0x300", instance="steady:8000"),
+        ],
+        "alert_rule_test": [
+            _silent("InferenceEngineMemoryGrowth", "170m"),  # growing since 60m: not yet 2 hours
+            _firing("InferenceEngineMemoryGrowth", "185m", "warning", instance="leaky:8000"),
+        ],
+    },
+    {
+        "name": "a process that started three times within an hour",
+        "interval": "1m",
+        "input_series": [
+            _series("process_start_time_seconds", "0x10 600x10 1200x10 1800x30"),
+            _series("process_start_time_seconds", "0x63", instance="stable:8000"),
+        ],
+        "alert_rule_test": [
+            _silent("InferenceEngineRestarting", "25m"),  # two restarts
+            _firing("InferenceEngineRestarting", "35m", "critical"),
+        ],
+    },
 ]
 
 
@@ -893,7 +935,9 @@ def test_label_names_fit_the_versioned_families() -> None:
 
     expressions = [(w, e) for w, e in all_expressions() if covered(e)]
     legends = [(w, e, legend) for w, e, legend in dashboard_expressions() if covered(e)]
-    assert len(legends) == len(dashboard_expressions()), "a dashboard query uses a family not listed"
+    process_ids = {p["id"] for p in row_panels(PROCESS_ROW)}
+    per_model = [x for x in dashboard_expressions() if int(x[0].split()[1]) not in process_ids]
+    assert len(legends) == len(per_model), "a dashboard query uses a family not listed"
     problems = label_problems(expressions, legends, series)
     assert not problems, "\n".join(problems)
 

@@ -106,7 +106,7 @@ def test_render_after_observations() -> None:
 
 
 # Prometheus' standard process and platform collectors keep their conventional names.
-STANDARD = ("process_", "python_info")
+STANDARD = ("process_", "python_info", "python_gc_")
 
 
 def test_every_metric_name_has_the_prefix() -> None:
