@@ -121,7 +121,9 @@ COPY --from=builder /opt/venv /opt/venv
 COPY configs/ /app/configs/
 COPY models/ /app/models/
 # The shipped model.yaml files say `device: cpu` (right for the CPU image). In the CUDA image
-# they say `auto`: the GPU when one is visible, the CPU otherwise. A mounted /app/models wins.
+# they say `auto`: the GPU when one is visible, the CPU otherwise; on the GPU a model's `cuda:`
+# section (GPU batch sizes) replaces its CPU values (docs/model-repository.md). A mounted
+# /app/models wins.
 RUN if [ "${VARIANT}" = "cuda" ]; then \
         sed -i -E 's/^device:[[:space:]]*cpu\b/device: auto/' /app/models/*/model.yaml; \
     fi

@@ -850,3 +850,22 @@ def test_ingress_routes_to_the_http_port(rendered: dict[str, Docs]) -> None:
                 "name": service["metadata"]["name"],
                 "port": {"name": "http"},
             }
+
+
+def test_gpu_queue_targets_follow_the_gpu_batch_size(
+    rendered: dict[str, Docs], kustomized: dict[str, Docs]
+) -> None:
+    """Two batches waiting per pod, in batches of the GPU size, not the CPU's (model.yaml ``cuda:``)."""
+    shipped = yaml.safe_load(
+        (ROOT / "models" / "efficientnet_lite0" / "model.yaml").read_text(encoding="utf-8")
+    )
+    cpu_target, gpu_target = 2 * shipped["max_batch_size"], 2 * shipped["cuda"]["max_batch_size"]
+    for docs, expected in (
+        (rendered["cpu"], cpu_target),
+        (kustomized["cpu"], cpu_target),
+        (rendered["gpu"], gpu_target),
+        (kustomized["gpu"], gpu_target),
+    ):
+        metrics = one(docs, "HorizontalPodAutoscaler")["spec"]["metrics"]
+        queue = {m["pods"]["metric"]["name"]: m["pods"]["target"] for m in metrics if m["type"] == "Pods"}
+        assert float(queue[QUEUE_METRIC]["averageValue"]) == expected

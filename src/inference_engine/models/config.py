@@ -125,6 +125,28 @@ class VersionPolicy(BaseModel):
         return f"latest: {self.latest}"
 
 
+class CudaOverrides(BaseModel):
+    """Values for when the model runs on a GPU, laid over the file's (CPU) values.
+
+    Batch sizes measured on two CPU cores are wrong on a GPU by an order of magnitude: a GPU's
+    throughput keeps rising to batches of 32-256, where a CPU's peaks at 2-8. One ``model.yaml``
+    serves both images, so the GPU values sit beside the CPU ones and the device picks.
+    """
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    max_batch_size: int | None = Field(None, ge=1, le=4096)
+    """Largest batch on a GPU."""
+    max_batch_delay_ms: float | None = Field(None, ge=0)
+    """Batch delay on a GPU (a larger batch is worth a longer wait)."""
+    max_queue_size: int | None = Field(None, ge=1)
+    """Queue bound on a GPU (a few batches' worth)."""
+    instances: int | None = Field(None, ge=1, le=64)
+    """Model copies on a GPU (usually 1: one copy keeps the device busy with large batches)."""
+    dtype: Literal["float32", "float16", "bfloat16"] | None = None
+    """Weights' type on a GPU (``float16`` halves memory and doubles tensor-core throughput)."""
+
+
 class ModelFile(_ModelFields):
     """The schema of ``models/<name>/model.yaml``."""
 
@@ -143,6 +165,10 @@ class ModelFile(_ModelFields):
     """Overrides ``batching.max_batch_delay_ms`` for this model."""
     max_queue_size: int | None = Field(None, ge=1)
     """Overrides ``batching.max_queue_size`` for this model."""
+    cuda: CudaOverrides | None = None
+    """Values that replace the ones above when the model runs on CUDA (``device: cuda``, ``cuda:N``,
+    or ``auto`` on a machine with a GPU): ``max_batch_size``, ``max_batch_delay_ms``,
+    ``max_queue_size``, ``instances``, ``dtype``. The top-level values are the CPU ones."""
 
 
 class ModelConfig(_ModelFields):

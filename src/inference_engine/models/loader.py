@@ -115,9 +115,25 @@ def validate_file(raw: dict[str, Any], path: Path, directory: Path) -> ModelFile
     return config
 
 
-def settle(config: ModelFile, defaults: BatchingSettings) -> ModelConfig:
-    """The resolved configuration: batching keys left out take the server's defaults."""
-    settled = config.model_dump(exclude_unset=True, exclude={"version_policy", "traffic", "shadow"})
+def runs_on_cuda(device: str, cuda_available: bool | None = None) -> bool:
+    """Whether ``device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``) means a GPU on this machine."""
+    if device.startswith("cuda"):
+        return True
+    if device != "auto":
+        return False
+    if cuda_available is None:
+        import torch
+
+        cuda_available = torch.cuda.is_available()
+    return cuda_available
+
+
+def settle(config: ModelFile, defaults: BatchingSettings, cuda_available: bool | None = None) -> ModelConfig:
+    """The resolved configuration: on CUDA the file's ``cuda`` section replaces its CPU values;
+    batching keys still left out take the server's defaults."""
+    if config.cuda is not None and runs_on_cuda(config.device, cuda_available):
+        config = config.model_copy(update=config.cuda.model_dump(exclude_none=True))
+    settled = config.model_dump(exclude_unset=True, exclude={"version_policy", "traffic", "shadow", "cuda"})
     settled["max_batch_size"] = config.max_batch_size or defaults.max_batch_size
     settled["max_batch_delay_ms"] = (
         defaults.max_batch_delay_ms if config.max_batch_delay_ms is None else config.max_batch_delay_ms

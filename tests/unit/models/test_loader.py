@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from inference_engine.errors import ModelLoadError
 from inference_engine.models.classifier import EfficientNetLiteClassifier, TorchScriptClassifier
-from inference_engine.models.loader import read_config, resolve_handler, scan_repository
+from inference_engine.models.config import ModelFile
+from inference_engine.models.loader import read_config, resolve_handler, scan_repository, settle
 from inference_engine.settings import BatchingSettings
 from tests.helpers import ROOT
 from tests.repository import add_colour_model, add_model
@@ -49,9 +51,48 @@ def test_batching_defaults_fill_what_model_yaml_leaves_out(tmp_path: Path) -> No
     assert (config.max_batch_size, config.max_batch_delay_ms, config.max_queue_size) == (16, 0, 99)
 
 
+CPU_AND_CUDA = {
+    "handler": "torchscript",
+    "weights": "x.pt",
+    "max_batch_size": 4,
+    "instances": 2,
+    "cuda": {"max_batch_size": 64, "max_batch_delay_ms": 10, "instances": 1, "dtype": "float16"},
+}
+
+
+@pytest.mark.parametrize(
+    ("device", "cuda_available", "expected"),
+    [
+        ("cpu", True, (4, 7, 2, "float32")),  # CPU values, the server's delay
+        ("auto", False, (4, 7, 2, "float32")),
+        ("auto", True, (64, 10, 1, "float16")),  # the cuda section wins
+        ("cuda:1", False, (64, 10, 1, "float16")),  # asked for: loading says if it is missing
+    ],
+)
+def test_the_cuda_section_replaces_cpu_values_on_a_gpu(
+    device: str, cuda_available: bool, expected: tuple[int, float, int, str]
+) -> None:
+    config = settle(
+        ModelFile.model_validate({"name": "m", **CPU_AND_CUDA, "device": device}), DEFAULTS, cuda_available
+    )
+    assert (config.max_batch_size, config.max_batch_delay_ms, config.instances, config.dtype) == expected
+    assert config.max_queue_size == 99  # not in the cuda section: the server's default
+
+
+def test_the_shipped_default_model_has_gpu_batching() -> None:
+    folder = ROOT / "models" / "efficientnet_lite0"
+    (spec,) = scan_repository(ROOT / "models", DEFAULTS, ["efficientnet_lite0"])[0]
+    assert spec.config.max_batch_size == 4  # device: cpu
+    raw = ModelFile.model_validate({**yaml.safe_load((folder / "model.yaml").read_text()), "device": "auto"})
+    on_gpu = settle(raw, DEFAULTS, cuda_available=True)
+    assert on_gpu.max_batch_size >= 32 and on_gpu.max_queue_size >= 4 * on_gpu.max_batch_size
+
+
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
+        ({"handler": "torchscript", "cuda": {"max_batch_size": 0}}, "cuda.max_batch_size"),
+        ({"handler": "torchscript", "cuda": {"preprocessing": {}}}, "cuda.preprocessing"),
         ({"handler": "torchscript", "max_batch_size": 0}, "max_batch_size"),
         ({"handler": "torchscript", "instances": "many"}, "instances"),
         ({"handler": "torchscript", "colour": "blue"}, "colour"),
