@@ -32,7 +32,7 @@ UID = 10001
 DIGEST = "0" * 64
 HTTP_PORT = 8000
 GRPC_PORT = 8001
-SERVERS = ("inference-engine", "inference-engine-cpu")
+SERVERS = ("inference-engine", "inference-engine-gpu")
 VERSIONED_TAG = re.compile(r"\d+\.\d+")
 CPU_BASE = re.compile(r"^python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?$")
 CUDA_BASE = re.compile(r"^nvidia/cuda:(12\.\d+)\.\d+-cudnn-runtime-ubuntu22\.04(@sha256:[0-9a-f]{64})?$")
@@ -415,7 +415,7 @@ def published(svc: dict[str, Any]) -> dict[int, int]:
     return result
 
 
-@pytest.mark.parametrize(("name", "variant"), [("inference-engine", "cuda"), ("inference-engine-cpu", "cpu")])
+@pytest.mark.parametrize(("name", "variant"), [("inference-engine", "cpu"), ("inference-engine-gpu", "cuda")])
 def test_server_services_build_their_variant(
     compose: dict[str, Any], dockerfile: Dockerfile, name: str, variant: str
 ) -> None:
@@ -435,29 +435,32 @@ def test_server_services_publish_http_and_grpc(compose: dict[str, Any], name: st
 
 
 def test_published_host_ports_are_distinct(compose: dict[str, Any]) -> None:
-    """Both servers may be started (`--profile cpu up`); no two services may claim a host port."""
+    """Both servers may be started (`--profile gpu up`); no two services may claim a host port."""
     owners: dict[int, str] = {}
     for name, svc in compose["services"].items():
         for container, host in published(svc).items():
             assert host not in owners, f"host port {host}: {owners.get(host)} and {name}:{container}"
             owners[host] = f"{name}:{container}"
-    # The GPU server, the default, keeps the conventional ports (Triton's 8000 and 8001).
+    # The CPU server, the default, keeps the conventional ports (Triton's 8000 and 8001).
     assert published(service(compose, "inference-engine")) == {HTTP_PORT: HTTP_PORT, GRPC_PORT: GRPC_PORT}
 
 
-def test_gpu_service_reserves_one_nvidia_gpu(compose: dict[str, Any]) -> None:
-    devices = service(compose, "inference-engine")["deploy"]["resources"]["reservations"]["devices"]
+def test_gpu_service_is_a_profile_reserving_one_nvidia_gpu(compose: dict[str, Any]) -> None:
+    """`docker compose up` on a machine without a GPU must start: the GPU server waits for `--profile gpu`."""
+    svc = service(compose, "inference-engine-gpu")
+    assert svc["profiles"] == ["gpu"]
+    devices = svc["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    assert "inference-engine" in svc["networks"]["default"]["aliases"]  # Prometheus' target
 
 
-def test_cpu_service_is_a_profile_without_gpu(compose: dict[str, Any]) -> None:
-    svc = service(compose, "inference-engine-cpu")
-    assert svc["profiles"] == ["cpu"]
-    assert "devices" not in json.dumps(svc.get("deploy", {}))
-    assert "profiles" not in service(compose, "inference-engine"), "the GPU server is the default"
+def test_the_default_server_needs_no_gpu(compose: dict[str, Any]) -> None:
+    default = [name for name, svc in compose["services"].items() if "profiles" not in svc]
+    assert "inference-engine" in default and "inference-engine-gpu" not in default
+    assert "devices" not in json.dumps(compose["services"]["inference-engine"].get("deploy", {}))
 
 
-@pytest.mark.parametrize("name", ["inference-engine", "inference-engine-cpu"])
+@pytest.mark.parametrize("name", ["inference-engine", "inference-engine-gpu"])
 def test_server_services_run_read_only_and_stop_gracefully(
     compose: dict[str, Any], runtime: Stage, name: str
 ) -> None:
@@ -474,7 +477,7 @@ def test_server_services_run_read_only_and_stop_gracefully(
     assert "/health" in test and "curl" not in test
 
 
-@pytest.mark.parametrize("name", ["inference-engine", "inference-engine-cpu"])
+@pytest.mark.parametrize("name", ["inference-engine", "inference-engine-gpu"])
 def test_api_key_digests_come_from_the_host_environment(compose: dict[str, Any], name: str) -> None:
     value = environment(service(compose, name))["IE_AUTH__API_KEY_HASHES"]
     assert re.fullmatch(r"\$\{IE_AUTH__API_KEY_HASHES(:\?[^}]+|:-[^}]*)\}", value), value
@@ -483,7 +486,7 @@ def test_api_key_digests_come_from_the_host_environment(compose: dict[str, Any],
             interpolate(value, {})
 
 
-@pytest.mark.parametrize("name", ["inference-engine", "inference-engine-cpu"])
+@pytest.mark.parametrize("name", ["inference-engine", "inference-engine-gpu"])
 def test_compose_environment_is_a_valid_prod_configuration(compose: dict[str, Any], name: str) -> None:
     host = {"IE_AUTH__API_KEY_HASHES": json.dumps([DIGEST])}
     env = {k: interpolate(v, host) for k, v in environment(service(compose, name)).items()}
@@ -543,5 +546,5 @@ def test_scrape_target_is_the_server_service_name(compose: dict[str, Any]) -> No
         for target in static.get("targets", [])
     ]
     assert "inference-engine:8000" in targets, targets
-    cpu = service(compose, "inference-engine-cpu")
-    assert "inference-engine" in cpu["networks"]["default"]["aliases"]
+    gpu = service(compose, "inference-engine-gpu")
+    assert "inference-engine" in gpu["networks"]["default"]["aliases"]

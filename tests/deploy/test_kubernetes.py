@@ -11,6 +11,7 @@ budget, GPU scheduling.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -356,11 +357,23 @@ def test_disruption_budget(rendered: Rendered, overlay: str) -> None:
     docs = objects(rendered, overlay)
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["apiVersion"] == "policy/v1"
-    assert pdb["spec"]["minAvailable"] == 1
+    assert "minAvailable" not in pdb["spec"]
+    # A percentage scales with the replica count: at the autoscaler's minimum a drain can evict
+    # one pod (rounded up) and never more than a quarter of them.
+    share = pdb["spec"]["maxUnavailable"]
+    assert re.fullmatch(r"\d+%", share) and 0 < int(share[:-1]) <= 25
+    minimum = one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"]
+    assert math.ceil(minimum * int(share[:-1]) / 100) == 1
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    # With fewer replicas than minAvailable + 1 a drain could never evict a pod.
-    assert one(docs, "HorizontalPodAutoscaler")["spec"]["minReplicas"] > pdb["spec"]["minAvailable"]
+
+
+def test_replicas_spread_over_zones_and_hosts(rendered: Rendered, overlay: str) -> None:
+    spec = one(objects(rendered, overlay), "Deployment")["spec"]["template"]["spec"]
+    keys = [c["topologyKey"] for c in spec["topologySpreadConstraints"]]
+    assert keys == ["topology.kubernetes.io/zone", "kubernetes.io/hostname"]
+    assert all(c["whenUnsatisfiable"] == "ScheduleAnyway" for c in spec["topologySpreadConstraints"])
 
 
 def test_service_monitor(rendered: Rendered, overlay: str) -> None:
