@@ -60,11 +60,19 @@ AGGREGATION = re.compile(r"\b(?:sum|min|max|avg|count|group)\s*\(")
 LEGEND_LABEL = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 RANGE_WINDOW = re.compile(r"\[([^\]]+)\]")
 DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
-# Labels that Prometheus adds at scrape time.
-TARGET_LABELS = frozenset({"job", "instance"})
+# Labels that Prometheus adds at scrape time: job and instance always; namespace and pod with
+# Kubernetes service discovery (a ServiceMonitor), which the dashboard's variables select on.
+TARGET_LABELS = frozenset({"job", "instance", "namespace", "pod"})
 SEVERITIES = frozenset({"critical", "warning", "info"})
 # Grafana's variables, replaced by something PromQL parses when the queries go through promtool.
-GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h", "$model": ".+"}
+GRAFANA_VARIABLES = {
+    "$__rate_interval": "1m",
+    "$__interval": "15s",
+    "$__range": "1h",
+    "$model": ".+",
+    "$namespace": ".*",
+    "$pod": ".*",
+}
 
 GREEN = encode(np.full((32, 32, 3), (10, 250, 10), np.uint8), "PNG")
 BLUE = encode(np.full((32, 32, 3), (10, 10, 250), np.uint8), "PNG")
@@ -400,7 +408,7 @@ def label_problems(
         if where.startswith("variable"):
             match = re.search(r"label_values\(\s*(inference_engine_[a-z0-9_]+)\s*,\s*(\w+)\s*\)", expr)
             assert match, f"{where}: expected label_values(metric, label), got {expr!r}"
-            if match.group(2) not in labels.get(match.group(1), set()):
+            if match.group(2) not in labels.get(match.group(1), set()) | TARGET_LABELS:
                 problems.append(f"{where}: {match.group(1)} has no label {match.group(2)!r}")
     for where, expr, legend in legends:
         found = result_labels(expr, labels)
@@ -842,6 +850,26 @@ def test_dashboard_model_variable() -> None:
     assert model["includeAll"] and model["allValue"] == ".+"
     used = {v for _, expr, _ in dashboard_expressions() for v in re.findall(r"\$(\w+)", expr)}
     assert used - {"__rate_interval", "__range", "__interval"} <= set(variables)
+
+
+def test_dashboard_namespace_and_pod_variables_filter_every_query() -> None:
+    """On a cluster the dashboard narrows to one namespace or pod; without Kubernetes labels
+    (docker compose) "All" (``.*``) still matches every series."""
+    variables = {v["name"]: v for v in dashboard()["templating"]["list"]}
+    for name in ("namespace", "pod"):
+        variable = variables[name]
+        assert variable["query"]["query"] == f"label_values(inference_engine_build_info, {name})"
+        assert variable["includeAll"] and variable["allValue"] == ".*"
+    selector = re.compile(r"\b(?:inference_engine|process|python)_[a-z0-9_]+(\{[^}]*\})?")
+    unfiltered = [
+        f"{where}: {match.group(0)}"
+        for where, expr, _ in dashboard_expressions()
+        for match in selector.finditer(expr)
+        if not match.group(1)
+        or 'namespace=~"$namespace"' not in match.group(1)
+        or 'pod=~"$pod"' not in match.group(1)
+    ]
+    assert not unfiltered, "\n".join(unfiltered)
 
 
 def test_dashboard_covers_the_operational_signals() -> None:
