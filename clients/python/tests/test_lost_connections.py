@@ -18,7 +18,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from inference_engine.client import (
+from client_support import FakeClock
+from inference_engine_client import (
     AsyncInferenceClient,
     CircuitBreaker,
     ConnectError,
@@ -26,7 +27,7 @@ from inference_engine.client import (
     RetryPolicy,
     Timeout,
 )
-from inference_engine.client._core import (
+from inference_engine_client._core import (
     HEALTH,
     MODELS,
     READY,
@@ -36,7 +37,6 @@ from inference_engine.client._core import (
     model_request,
     predict_request,
 )
-from tests.unit.client.test_breaker import FakeClock
 
 LOST = [
     httpx.RemoteProtocolError("Server disconnected without sending a response."),

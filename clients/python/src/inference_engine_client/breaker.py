@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from inference_engine.client.errors import CircuitOpen
+from inference_engine_client.errors import CircuitOpen
 
 State = Literal["closed", "open", "half_open"]
 

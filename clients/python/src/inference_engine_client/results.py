@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from inference_engine.client.errors import InvalidResponse
+from inference_engine_client.errors import InvalidResponse
 
 
 def _require(body: Any, key: str, kind: type | tuple[type, ...], what: str) -> Any:

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from inference_engine.client.retry import RetryPolicy, parse_retry_after
+from inference_engine_client.retry import RetryPolicy, parse_retry_after
 
 NOW = email.utils.parsedate_to_datetime("Wed, 21 Oct 2015 07:28:00 GMT").timestamp()
 

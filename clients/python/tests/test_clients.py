@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from inference_engine.client import (
+from client_support import free_port
+from inference_engine_client import (
     AsyncInferenceClient,
     CircuitBreaker,
     CircuitOpen,
@@ -24,8 +25,7 @@ from inference_engine.client import (
     RetryPolicy,
     Timeout,
 )
-from inference_engine.client._core import decode_json, parse_health, parse_models
-from tests.helpers import free_port
+from inference_engine_client._core import decode_json, parse_health, parse_models
 
 
 @pytest.fixture

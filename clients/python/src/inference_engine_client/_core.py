@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,9 +22,9 @@ from urllib.parse import quote
 
 import httpx
 
-from inference_engine import __version__
-from inference_engine.client.breaker import CircuitBreaker, Permit
-from inference_engine.client.errors import (
+from inference_engine_client._version import __version__
+from inference_engine_client.breaker import CircuitBreaker, Permit
+from inference_engine_client.errors import (
     CircuitOpen,
     ConnectError,
     InferenceError,
@@ -31,8 +32,8 @@ from inference_engine.client.errors import (
     Timeout,
     error_from_response,
 )
-from inference_engine.client.results import ModelInfo
-from inference_engine.client.retry import RetryPolicy, parse_retry_after
+from inference_engine_client.results import ModelInfo
+from inference_engine_client.retry import RetryPolicy, parse_retry_after
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -66,9 +67,9 @@ def encode_image(image: ImageInput) -> bytes:
         if not isinstance(data, bytes):
             raise TypeError("a file object must be opened in binary mode ('rb')")
         return data
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
+    # A PIL image exists only where Pillow is imported: the client does not need Pillow otherwise.
+    pil_image = sys.modules.get("PIL.Image")
+    if pil_image is not None and isinstance(image, pil_image.Image):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         return buffer.getvalue()

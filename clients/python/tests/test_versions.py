@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from inference_engine.client import AsyncInferenceClient, Embeddings, InferenceClient, Prediction, RetryPolicy
-from inference_engine.client._core import embed_request, predict_request
+from inference_engine_client import AsyncInferenceClient, Embeddings, InferenceClient, Prediction, RetryPolicy
+from inference_engine_client._core import embed_request, predict_request
 
 PREDICTION = {"model": "m", "model_version": "2", "predictions": [{"label": "cat", "index": 0, "score": 0.9}]}
 EMBEDDINGS = {"model": "m", "model_version": "2", "modality": "text", "dimension": 1, "embeddings": [[1.0]]}

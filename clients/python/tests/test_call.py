@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from inference_engine.client import (
+from client_support import FakeClock
+from inference_engine_client import (
     BadInput,
     CircuitBreaker,
     CircuitOpen,
@@ -22,9 +23,8 @@ from inference_engine.client import (
     Timeout,
     Unauthorized,
 )
-from inference_engine.client._core import TIMEOUT_HEADER, ClientSettings, RequestSpec, predict_request
-from inference_engine.client.errors import InvalidResponse, error_from_response
-from tests.unit.client.test_breaker import FakeClock
+from inference_engine_client._core import TIMEOUT_HEADER, ClientSettings, RequestSpec, predict_request
+from inference_engine_client.errors import InvalidResponse, error_from_response
 
 REQUEST = httpx.Request("POST", "http://server/predict")
 PREDICT = RequestSpec("POST", "/predict", content=b"x", deadline=True)

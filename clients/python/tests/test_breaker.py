@@ -7,19 +7,9 @@ import threading
 
 import pytest
 
-from inference_engine.client.breaker import CircuitBreaker
-from inference_engine.client.errors import CircuitOpen, InferenceError
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+from client_support import FakeClock
+from inference_engine_client.breaker import CircuitBreaker
+from inference_engine_client.errors import CircuitOpen, InferenceError
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ from typing import Any, Self
 
 import httpx
 
-from inference_engine.client import _core
-from inference_engine.client._core import ClientSettings, ImageInput, RequestSpec
-from inference_engine.client.breaker import CircuitBreaker
-from inference_engine.client.results import Embeddings, ModelInfo, Prediction, Readiness
-from inference_engine.client.retry import RetryPolicy
+from inference_engine_client import _core
+from inference_engine_client._core import ClientSettings, ImageInput, RequestSpec
+from inference_engine_client.breaker import CircuitBreaker
+from inference_engine_client.results import Embeddings, ModelInfo, Prediction, Readiness
+from inference_engine_client.retry import RetryPolicy
 
 
 class AsyncInferenceClient:
