@@ -39,6 +39,7 @@ KUBERNETES_VERSION = "1.33.0"
 NAME = "inference-engine"
 UID = 10001
 QUEUE_METRIC = "inference_engine_queue_depth"
+IN_FLIGHT_METRIC = "inference_engine_in_flight_requests"
 GPU = "nvidia.com/gpu"
 DIGEST = "0" * 64
 HTTP_PORT = 8000
@@ -343,14 +344,15 @@ def test_autoscaler_uses_cpu_and_queue_depth(rendered: Rendered, overlay: str) -
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": NAME}
     assert 2 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
-    metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
-    assert set(metrics) == {"Resource", "Pods"}
-    resource = metrics["Resource"]["resource"]
+    metrics = hpa["spec"]["metrics"]
+    assert {m["type"] for m in metrics} == {"Resource", "Pods"}
+    (resource,) = [m["resource"] for m in metrics if m["type"] == "Resource"]
     assert resource["name"] == "cpu" and resource["target"]["type"] == "Utilization"
     assert 0 < resource["target"]["averageUtilization"] <= 100
-    pods = metrics["Pods"]["pods"]
-    assert pods["metric"]["name"] == QUEUE_METRIC
-    assert pods["target"]["type"] == "AverageValue" and float(pods["target"]["averageValue"]) > 0
+    pods = {m["pods"]["metric"]["name"]: m["pods"]["target"] for m in metrics if m["type"] == "Pods"}
+    assert set(pods) == {QUEUE_METRIC, IN_FLIGHT_METRIC}
+    assert all(t["type"] == "AverageValue" and float(t["averageValue"]) > 0 for t in pods.values())
+    assert float(pods[IN_FLIGHT_METRIC]["averageValue"]) == 2 * float(pods[QUEUE_METRIC]["averageValue"])
 
 
 def test_disruption_budget(rendered: Rendered, overlay: str) -> None:
@@ -444,11 +446,12 @@ def adapter_rules() -> list[dict[str, Any]]:
     return list(values["rules"]["custom"])
 
 
-def test_adapter_exposes_queue_depth_per_pod(adapter_rules: list[dict[str, Any]]) -> None:
-    rules = [r for r in adapter_rules if QUEUE_METRIC in r["seriesQuery"]]
+@pytest.mark.parametrize("metric", [QUEUE_METRIC, IN_FLIGHT_METRIC])
+def test_adapter_exposes_the_hpa_metrics_per_pod(adapter_rules: list[dict[str, Any]], metric: str) -> None:
+    rules = [r for r in adapter_rules if metric in r["seriesQuery"]]
     assert len(rules) == 1
     rule = rules[0]
-    assert rule["name"]["as"] == QUEUE_METRIC, "the HPA asks for the metric by this name"
+    assert rule["name"]["as"] == metric, "the HPA asks for the metric by this name"
     assert rule["resources"]["overrides"] == {
         "namespace": {"resource": "namespace"},
         "pod": {"resource": "pod"},
