@@ -147,7 +147,7 @@ def test_pre_commit_ruff_hooks_match_the_pinned_ruff() -> None:
 def test_pre_commit_mypy_uses_the_project_environment() -> None:
     (local,) = [r for r in pre_commit_config()["repos"] if r["repo"] == "local"]
     (mypy,) = [hook for hook in local["hooks"] if hook["id"] == "mypy"]
-    assert mypy["entry"] == ".venv/bin/mypy --strict src"
+    assert mypy["entry"] == ".venv/bin/mypy --strict src clients/python/src"  # as `make lint`
     assert mypy["language"] == "system"
     assert mypy["pass_filenames"] is False
 
