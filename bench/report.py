@@ -26,7 +26,7 @@ from typing import Any
 
 #: Which targets apply to which workload (from the performance issue).
 HEAVY = {"clip_vit_b32"}
-LIGHT = {"tiny_cnn", "efficientnet_lite0", "efficientnet_lite0_onnx"}
+LIGHT = {"tiny_cnn", "efficientnet_lite0", "efficientnet_lite0_torch", "efficientnet_lite0_onnx"}
 SINGLE_REQUEST_SLACK_MS = 2.0
 BATCH_FILL = 0.75  # "average batch size approaches max_batch_size": at least this fraction of it
 

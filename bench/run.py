@@ -113,6 +113,7 @@ class Workload:
 NATIVE_WORKLOADS = (
     Workload("tiny_cnn", "tiny_cnn", "photos640"),
     Workload("efficientnet_lite0", "efficientnet_lite0", "photos640"),
+    Workload("efficientnet_lite0_torch", "efficientnet_lite0_torch", "photos640"),
     Workload("efficientnet_lite0_onnx", "efficientnet_lite0_onnx", "photos640"),
     Workload("clip_vit_b32", "clip_vit_b32", "photos640", heavy=True, concurrency=(1, 4, 8, 32, 64)),
     Workload(
@@ -146,7 +147,7 @@ TRANSPORT_WORKLOADS = tuple(
 )
 WORKLOADS = {w.name: w for w in (*NATIVE_WORKLOADS, *V2_WORKLOADS, *SHADOW_WORKLOADS, *TRANSPORT_WORKLOADS)}
 DEFAULT_WORKLOADS = tuple(w.name for w in (*NATIVE_WORKLOADS, *TRANSPORT_WORKLOADS))
-QUICK_WORKLOADS = ("tiny_cnn", "efficientnet_lite0_onnx", "efficientnet_lite0@transports")
+QUICK_WORKLOADS = ("tiny_cnn", "efficientnet_lite0", "efficientnet_lite0@transports")
 
 
 @dataclass(frozen=True)

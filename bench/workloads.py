@@ -13,7 +13,9 @@ that a run can override ``model.yaml`` keys):
 
 * ``tiny_cnn``: a few-thousand-parameter TorchScript CNN on 56x56 inputs; serving overhead
   and decoding dominate.
-* ``efficientnet_lite0``: the shipped default model (torch, ImageNet weights).
+* ``efficientnet_lite0``: the shipped default model (ImageNet weights; ``backend: auto``: its
+  torch checkpoint converted to ONNX at load and served on ONNX Runtime).
+* ``efficientnet_lite0_torch``: the same model with ``backend: torch`` (torch eager, traced).
 * ``efficientnet_lite0_onnx``: the same network exported with ``inference-engine export``,
   on ONNX Runtime.
 * ``clip_vit_b32``: a Hugging Face ``CLIPModel(CLIPConfig())`` with random weights. The default
@@ -173,8 +175,14 @@ def model_specs() -> dict[str, ModelSpec]:
         ),
         "efficientnet_lite0": ModelSpec(
             "efficientnet_lite0",
-            "EfficientNet-Lite0 on PyTorch (the shipped default model)",
+            "EfficientNet-Lite0 as shipped: its checkpoint converted at load, on ONNX Runtime",
             effnet,
+            "packaged",
+        ),
+        "efficientnet_lite0_torch": ModelSpec(
+            "efficientnet_lite0_torch",
+            "EfficientNet-Lite0 with backend: torch (the default before the converter)",
+            {**effnet, "backend": "torch", "max_batch_size": 4},
             "packaged",
         ),
         "efficientnet_lite0_onnx": ModelSpec(

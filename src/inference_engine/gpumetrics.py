@@ -80,8 +80,10 @@ def _gauge(name: str, documentation: str) -> GaugeMetricFamily:
 def watch_cuda(registry: CollectorRegistry, cuda: CudaApi | None = None) -> bool:
     """Register the GPU gauges when CUDA is present; whether it was."""
     if cuda is None:
-        import torch
-
+        try:
+            import torch
+        except ImportError:  # the slim install: no torch, and no torch models to watch
+            return False
         cuda = torch.cuda
     if not cuda.is_available() or cuda.device_count() == 0:
         return False

@@ -25,7 +25,7 @@ from inference_engine.errors import ModelLoadError, ModelNotReady
 from inference_engine.labelcache import LabelEmbeddingCache
 from inference_engine.metrics import Metrics
 from inference_engine.models.base import Capabilities, ModelConfig, ModelHandler
-from inference_engine.models.loader import ModelSpec
+from inference_engine.models.loader import HandlerClass, ModelSpec
 from inference_engine.stats import ModelStatistics
 
 logger = logging.getLogger("inference_engine.runtime")
@@ -109,6 +109,16 @@ class ModelRuntime:
             raise ModelNotReady(f"model {self.name} is not ready: {self.not_ready_reason()}")
         return self.spec.config
 
+    def _fall_back(self, exc: ModelLoadError) -> HandlerClass:
+        """``backend: auto``: the fast path failed to load; say why, and serve the fallback."""
+        assert self.spec is not None
+        assert self.spec.fallback is not None
+        logger.warning(
+            "ONNX Runtime path unavailable; serving on torch",
+            extra={"model": self.name, "version": self.version, "reason": str(exc)},
+        )
+        return self.spec.fallback
+
     def policy(self) -> BatchPolicy:
         config = self.config
         return BatchPolicy(config.max_batch_size, config.max_batch_delay_ms, config.max_queue_size)
@@ -123,11 +133,22 @@ class ModelRuntime:
         self.state = ModelState.LOADING
         started = time.monotonic()
         try:
+            handler_class = self.spec.handler_class
             for index in range(config.instances):
                 worker = ModelWorker(f"model-{self.name}-v{self.version}-{index}")
                 self.workers.append(worker)
-                handler = self.spec.handler_class(config, self.spec.directory)
-                await worker.call(handler.load, config.device)
+                handler = handler_class(config, self.spec.directory)
+                try:
+                    await worker.call(handler.load, config.device)
+                except ModelLoadError as exc:
+                    if index or self.spec.fallback is None:
+                        raise
+                    handler_class = self._fall_back(exc)
+                    handler = handler_class(config, self.spec.directory)
+                    await worker.call(handler.load, config.device)
+                if handler.config.backend == "auto":  # settled: the runtime that actually serves
+                    settled = {"backend": handler_class.runtime_backend}
+                    handler.config = handler.config.model_copy(update=settled)
                 self.handlers.append(handler)
             self.load_seconds = time.monotonic() - started
             warm_started = time.monotonic()

@@ -124,13 +124,21 @@ def split_absent_weights(specs: list[ModelSpec]) -> tuple[list[ModelSpec], dict[
     return present, skipped
 
 
+def set_torch_threads(threads: int) -> None:
+    """``torch_threads``: torch's intra-op pool; nothing to size where torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        logger.info("torch_threads ignored: torch is not installed", extra={"torch_threads": threads})
+        return
+    torch.set_num_threads(threads)
+
+
 def serve(settings: Settings) -> int:
     """Run until SIGINT/SIGTERM; models load in the background while ``/health`` answers."""
     configure_logging(settings.logging)
     if settings.torch_threads:
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
+        set_torch_threads(settings.torch_threads)
     app = build_app(settings, grpc=True)
     service: InferenceService = app.state.service
     logger.info(

@@ -106,7 +106,7 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
     assert {"classification", "model_repository"} <= set(metadata.extensions)
     assert "binary_tensor_data" not in metadata.extensions  # REST's; gRPC is binary anyway
     model = client.get_model_metadata("efficientnet_lite0", headers=AS_USER)
-    assert list(model.versions) == ["1"] and model.platform == "pytorch"
+    assert list(model.versions) == ["1"] and model.platform == "onnxruntime_onnx"
     assert {i.name: list(i.shape) for i in model.inputs} == {"image": [-1], "pixel_values": [-1, 3, 224, 224]}
     assert [(o.name, o.datatype, list(o.shape)) for o in model.outputs] == [
         ("probabilities", "FP32", [-1, 1000])

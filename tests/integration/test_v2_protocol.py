@@ -67,7 +67,7 @@ def test_server_and_model_metadata_and_readiness(client: triton.InferenceServerC
     assert metadata["name"] == "inference-engine"
     assert {"binary_tensor_data", "classification", "statistics"} <= set(metadata["extensions"])
     model = client.get_model_metadata("efficientnet_lite0")
-    assert model["versions"] == ["1"] and model["platform"] == "pytorch"
+    assert model["versions"] == ["1"] and model["platform"] == "onnxruntime_onnx"
     assert {i["name"]: i["shape"] for i in model["inputs"]} == {
         "image": [-1],
         "pixel_values": [-1, 3, 224, 224],

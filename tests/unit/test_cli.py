@@ -168,7 +168,7 @@ def test_models_list_repository_models(capsys: pytest.CaptureFixture[str]) -> No
     row = rows["efficientnet_lite0"].split()
     assert row[1:4] == ["1", "efficientnet_lite", "cpu"]
     assert row[-1] == "ok"
-    assert "batch<=4" in row
+    assert "batch<=8" in row
     if not (REPO_MODELS / "clip" / "weights").exists():  # as shipped: CLIP's weights are pulled later
         assert "weights absent:" in rows["clip"] and "inference-engine pull" in rows["clip"]
 

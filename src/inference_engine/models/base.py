@@ -22,7 +22,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -46,6 +46,10 @@ OutputT = TypeVar("OutputT")
 
 class ModelHandler(ABC, Generic[ItemT, OutputT]):
     """Base class of every model handler, built-in or custom (``model.py``)."""
+
+    #: The runtime this handler executes on, reported as the model's platform; ``backend: auto``
+    #: settles to it once the model has loaded.
+    runtime_backend: ClassVar[str] = "torch"
 
     def __init__(self, config: ModelConfig, model_dir: Path) -> None:
         self.config = config

@@ -57,8 +57,11 @@ class _ModelFields(BaseModel):
     them, each version is its folder's name and this key is refused)."""
     handler: str
     """A built-in handler name, or ``model.py:ClassName`` for a custom handler in the folder."""
-    backend: Literal["torch", "onnx"] = "torch"
-    """Runtime that executes the network: PyTorch, or ONNX Runtime on ``weights`` (an ``.onnx`` file)."""
+    backend: Literal["torch", "onnx", "auto"] = "torch"
+    """Runtime that executes the network: PyTorch; ONNX Runtime on ``weights`` (an ``.onnx`` file,
+    or for ``efficientnet_lite`` its checkpoint, converted at load); or ``auto``: ONNX Runtime
+    where the handler converts its own checkpoint (``efficientnet_lite``), falling back to torch
+    with the reason logged when that fails, and torch for the other handlers."""
     weights: str | None = None
     """Weights: a file or folder relative to the model folder (or absolute), a Hugging Face hub id
     for handlers that load from the hub, or ``null`` where the handler knows (packaged weights)."""

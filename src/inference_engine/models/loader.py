@@ -7,6 +7,7 @@ sentence a user can act on.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
 import sys
@@ -19,22 +20,30 @@ from pydantic import ValidationError
 
 from inference_engine.errors import ModelLoadError
 from inference_engine.models.base import ModelConfig, ModelFile, ModelHandler
-from inference_engine.models.classifier import EfficientNetLiteClassifier, TorchScriptClassifier
-from inference_engine.models.clip import ClipHandler
-from inference_engine.models.flava import FlavaClassifier
-from inference_engine.models.onnx_backend import OnnxImageModel
 from inference_engine.models.versions import ServingPlan, check_version_file, merged_settings, version_folders
 from inference_engine.settings import BatchingSettings
 
 HandlerClass = type[ModelHandler[Any, Any]]
 
-BUILTIN_HANDLERS: dict[str, HandlerClass] = {
-    "efficientnet_lite": EfficientNetLiteClassifier,
-    "torchscript": TorchScriptClassifier,
-    "clip": ClipHandler,  # Hugging Face CLIPModel folder or hub id
-    "flava_classifier": FlavaClassifier,  # FlavaModel folder or hub id + a fitted linear head
-    "onnx": OnnxImageModel,  # a plain ONNX file (implies backend: onnx)
+# Imported when a model asks for them, so that the slim install (no torch) imports none of the
+# torch handlers: ``module:Class``.
+BUILTIN_HANDLERS: dict[str, str] = {
+    "efficientnet_lite": "inference_engine.models.classifier:EfficientNetLiteClassifier",
+    "torchscript": "inference_engine.models.classifier:TorchScriptClassifier",
+    "clip": "inference_engine.models.clip:ClipHandler",  # Hugging Face CLIPModel folder or hub id
+    # FlavaModel folder or hub id + a fitted linear head
+    "flava_classifier": "inference_engine.models.flava:FlavaClassifier",
+    # a plain ONNX file (implies backend: onnx)
+    "onnx": "inference_engine.models.onnx_backend:OnnxImageModel",
 }
+# Built-ins with an ONNX Runtime handler of their own that needs no export (the graph is written
+# from the torch checkpoint at load); every other built-in runs an exported graph as OnnxImageModel.
+ONNX_HANDLERS: dict[str, str] = {
+    "efficientnet_lite": "inference_engine.models.efficientnet_onnx:EfficientNetLiteOnnx",
+}
+# What the torch handlers import that the slim install does not have, and how to get it.
+TORCH_MODULES = frozenset({"torch", "transformers", "safetensors", "efficientnet_lite_pytorch"})
+TORCH_EXTRA = "pip install 'inference-engine[torch]'"
 
 MODEL_FILE = "model.yaml"
 
@@ -51,6 +60,8 @@ class ModelSpec:
     config: ModelConfig
     handler_class: HandlerClass
     plan: ServingPlan = field(default_factory=ServingPlan)
+    # ``backend: auto``: what serves when ``handler_class`` (the ONNX Runtime path) fails to load.
+    fallback: HandlerClass | None = None
 
     @property
     def name(self) -> str:
@@ -122,10 +133,19 @@ def runs_on_cuda(device: str, cuda_available: bool | None = None) -> bool:
     if device != "auto":
         return False
     if cuda_available is None:
-        import torch
-
-        cuda_available = torch.cuda.is_available()
+        cuda_available = cuda_present()
     return cuda_available
+
+
+def cuda_present() -> bool:
+    """Whether this machine has a usable CUDA device: torch's answer, or ONNX Runtime's without torch."""
+    try:
+        import torch
+    except ImportError:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    return bool(torch.cuda.is_available())
 
 
 def settle(config: ModelFile, defaults: BatchingSettings, cuda_available: bool | None = None) -> ModelConfig:
@@ -153,12 +173,13 @@ def resolve_handler(
     """A built-in handler by name, or ``model.py[:Class]`` from the folder; contract checked.
 
     With ``backend: onnx`` a built-in name only names the model family: the exported graph
-    carries the architecture, so every built-in runs as :class:`OnnxImageModel`. A custom
+    carries the architecture, so every built-in runs as :class:`OnnxImageModel` (or the family's
+    own ONNX handler, which converts its checkpoint at load). A custom
     ``model.py`` class is the user's own and is returned whatever the backend. A version's
     folder may carry its own ``model.py``; else the model folder's (``shared``) is used.
     """
     if handler in BUILTIN_HANDLERS:
-        return OnnxImageModel if backend == "onnx" else BUILTIN_HANDLERS[handler]
+        return builtin_handlers(handler, backend)[0]
     file_name, _, class_name = handler.partition(":")
     if not file_name.endswith(".py"):
         known = ", ".join(sorted(BUILTIN_HANDLERS))
@@ -193,6 +214,66 @@ def resolve_handler(
         )
     check_contract(directory, cls)
     return cls
+
+
+def builtin_handlers(handler: str, backend: str) -> tuple[HandlerClass, HandlerClass | None]:
+    """The class serving built-in ``handler`` on ``backend``, and the one to fall back to.
+
+    ``auto`` prefers the family's ONNX Runtime handler and falls back to torch; families without
+    one run on torch. A torch handler whose packages are not installed is replaced by a stand-in
+    that names the extra (see :func:`_needs_extra`), so the other models still serve.
+    """
+    if backend == "onnx":
+        return _import_handler(ONNX_HANDLERS.get(handler, BUILTIN_HANDLERS["onnx"])), None
+    torch_class = _import_handler(BUILTIN_HANDLERS[handler])
+    if backend == "auto" and handler in ONNX_HANDLERS:
+        fallback = None if issubclass(torch_class, ExtraMissing) else torch_class
+        return _import_handler(ONNX_HANDLERS[handler]), fallback
+    return torch_class, None
+
+
+def _import_handler(target: str) -> HandlerClass:
+    module_name, _, class_name = target.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in TORCH_MODULES:
+            raise
+        reason = f"{class_name} needs {missing}, which is not installed: {TORCH_EXTRA}"
+        return _needs_extra(class_name, reason)
+    cls: HandlerClass = getattr(module, class_name)
+    return cls
+
+
+class ExtraMissing(ModelHandler[Any, Any]):
+    """Stands in for a built-in handler whose packages are not installed.
+
+    It reports the reason as missing weights, so the default served set leaves the model out
+    with that reason in the log, and a model named explicitly fails to load with it.
+    """
+
+    reason = ""
+
+    @classmethod
+    def weights_missing(cls, config: ModelConfig, model_dir: Path) -> str | None:
+        return cls.reason
+
+    def load(self, device: str) -> None:
+        raise ModelLoadError(self.reason)
+
+    def preprocess(self, image: Any) -> Any:
+        raise ModelLoadError(self.reason)
+
+    def predict(self, items: Any) -> Any:
+        raise ModelLoadError(self.reason)
+
+    def postprocess(self, output: Any, *, top_k: int) -> dict[str, Any]:
+        raise ModelLoadError(self.reason)
+
+
+def _needs_extra(name: str, reason: str) -> HandlerClass:
+    return type(name, (ExtraMissing,), {"reason": reason, "__module__": __name__})
 
 
 def check_contract(directory: Path, cls: HandlerClass) -> None:
@@ -316,4 +397,7 @@ def _spec(directory: Path, config: ModelConfig, plan: ServingPlan, shared: Path 
     handler_class = resolve_handler(
         directory, config.handler, config.backend, shared=shared, module_name=module
     )
-    return ModelSpec(directory, config, handler_class, plan)
+    fallback = None
+    if config.handler in BUILTIN_HANDLERS:
+        fallback = builtin_handlers(config.handler, config.backend)[1]
+    return ModelSpec(directory, config, handler_class, plan, fallback)

@@ -57,7 +57,7 @@ from inference_engine.models.base import (
     ModelHandler,
     PreprocessingConfig,
 )
-from inference_engine.models.capabilities import ImageEmbedder
+from inference_engine.models.capabilities import ImageEmbedder, TensorInput
 from inference_engine.models.labels import resolve_labels
 from inference_engine.models.transforms import to_chw_array
 from inference_engine.numerics import l2_normalise, softmax, top_k_predictions
@@ -98,10 +98,16 @@ class OnnxOptions(BaseModel):
     """Let idle intra-op threads busy-wait for work (ONNX Runtime's own default) instead of sleeping."""
 
 
-def parse_options(config: ModelConfig) -> OnnxOptions:
-    """Validate ``options``; a typo is a load error naming the key, not a silently ignored one."""
+def parse_options(config: ModelConfig, family_options: Sequence[str] = ()) -> OnnxOptions:
+    """Validate ``options``; a typo is a load error naming the key, not a silently ignored one.
+
+    ``family_options`` belong to the model family's own handler (EfficientNet's ``variant``)
+    and are left to it.
+    """
     try:
-        return OnnxOptions.model_validate(config.options)
+        return OnnxOptions.model_validate(
+            {key: value for key, value in config.options.items() if key not in family_options}
+        )
     except ValidationError as exc:
         problems = "; ".join(
             f"options.{'.'.join(str(p) for p in err['loc'])}: {err['msg']} (got {err.get('input')!r})"
@@ -214,12 +220,20 @@ def check_input_shape(name: str, shape: Sequence[Any], pre: PreprocessingConfig)
     return fixed[0]
 
 
-class OnnxImageModel(ImageEmbedder, ModelHandler[Array, Array]):
-    """An image model on ONNX Runtime; outputs are probabilities or unit-length embeddings."""
+class OnnxImageModel(TensorInput, ImageEmbedder, ModelHandler[Array, Array]):
+    """An image model on ONNX Runtime; outputs are probabilities or unit-length embeddings.
+
+    Its input is the pre-processed image array, so clients may also send that array (V2 FP32).
+    """
+
+    runtime_backend = "onnx"
+    #: ``options`` keys a subclass for one model family reads itself (not ONNX Runtime's).
+    family_options: tuple[str, ...] = ()
 
     def __init__(self, config: ModelConfig, model_dir: Path) -> None:
         super().__init__(config, model_dir)
-        self.options = parse_options(config)  # here, so capabilities() is right before load too
+        # here, so capabilities() is right before load too
+        self.options = parse_options(config, self.family_options)
         self._session: Any = None
         self._input_name = ""
         self._output_name = ""
@@ -235,7 +249,7 @@ class OnnxImageModel(ImageEmbedder, ModelHandler[Array, Array]):
 
         if self.options.output != "embedding":
             self._labels = resolve_labels(self.config.labels, self.model_dir)
-        source = locate_weights(self.config.weights, self.model_dir)
+        source = self.onnx_source()
         providers = select_providers(device, ort.get_available_providers())
         session_options = ort.SessionOptions()
         session_options.graph_optimization_level = {
@@ -249,7 +263,7 @@ class OnnxImageModel(ImageEmbedder, ModelHandler[Array, Array]):
         session_options.add_session_config_entry(
             "session.intra_op.allow_spinning", "1" if self.options.allow_spinning else "0"
         )
-        shown = self.config.weights
+        shown = self.config.weights or "the converted graph"
         try:
             session = ort.InferenceSession(
                 str(source) if isinstance(source, Path) else source,
@@ -280,6 +294,10 @@ class OnnxImageModel(ImageEmbedder, ModelHandler[Array, Array]):
                 "ONNX model has a fixed batch size; batches run in chunks of it",
                 extra={"model": self.config.name, "fixed_batch": self._fixed_batch},
             )
+
+    def onnx_source(self) -> Path | bytes:
+        """The ONNX model to load: the file ``weights`` names (a subclass may build one)."""
+        return locate_weights(self.config.weights, self.model_dir)
 
     def _check_input(self, session: Any) -> None:
         inputs = {i.name: i for i in session.get_inputs()}

@@ -10,6 +10,7 @@ import yaml
 from inference_engine.errors import ModelLoadError
 from inference_engine.models.classifier import EfficientNetLiteClassifier, TorchScriptClassifier
 from inference_engine.models.config import ModelFile
+from inference_engine.models.efficientnet_onnx import EfficientNetLiteOnnx
 from inference_engine.models.loader import read_config, resolve_handler, scan_repository, settle
 from inference_engine.settings import BatchingSettings
 from tests.helpers import ROOT
@@ -40,8 +41,10 @@ def test_the_default_model_folder_validates() -> None:
     assert {"efficientnet_lite0", "open_nsfw"} <= set(by_name)
     assert by_name["open_nsfw"].config.backend == "onnx"
     spec = by_name["efficientnet_lite0"]
-    assert spec.handler_class is EfficientNetLiteClassifier
-    assert spec.config.max_batch_size == 4  # model.yaml wins over the global default
+    assert spec.config.backend == "auto"  # ONNX Runtime, torch if the conversion fails
+    assert spec.handler_class is EfficientNetLiteOnnx
+    assert spec.fallback is EfficientNetLiteClassifier
+    assert spec.config.max_batch_size == 8  # model.yaml wins over the global default
     assert spec.config.labels == "imagenet"
 
 
@@ -82,7 +85,7 @@ def test_the_cuda_section_replaces_cpu_values_on_a_gpu(
 def test_the_shipped_default_model_has_gpu_batching() -> None:
     folder = ROOT / "models" / "efficientnet_lite0"
     (spec,) = scan_repository(ROOT / "models", DEFAULTS, ["efficientnet_lite0"])[0]
-    assert spec.config.max_batch_size == 4  # device: cpu
+    assert spec.config.max_batch_size == 8  # device: cpu
     raw = ModelFile.model_validate({**yaml.safe_load((folder / "model.yaml").read_text()), "device": "auto"})
     on_gpu = settle(raw, DEFAULTS, cuda_available=True)
     assert on_gpu.max_batch_size >= 32 and on_gpu.max_queue_size >= 4 * on_gpu.max_batch_size

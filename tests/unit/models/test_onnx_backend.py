@@ -19,6 +19,7 @@ from inference_engine.answers import TensorSpec
 from inference_engine.describe import describe_model
 from inference_engine.errors import ModelLoadError, UnsupportedTask
 from inference_engine.models.base import ModelConfig
+from inference_engine.models.efficientnet_onnx import EfficientNetLiteOnnx
 from inference_engine.models.loader import resolve_handler
 from inference_engine.models.onnx_backend import (
     OnnxImageModel,
@@ -293,7 +294,7 @@ def test_packaged_weights_resolve_inside_the_installed_package(tmp_path: Path) -
 
 
 def test_backend_onnx_selects_this_handler_except_for_custom_code(tmp_path: Path) -> None:
-    assert resolve_handler(tmp_path, "efficientnet_lite", "onnx") is OnnxImageModel
+    assert resolve_handler(tmp_path, "efficientnet_lite", "onnx") is EfficientNetLiteOnnx  # converts .pth too
     assert resolve_handler(tmp_path, "torchscript", "onnx") is OnnxImageModel
     assert resolve_handler(tmp_path, "onnx") is OnnxImageModel  # handler onnx implies the backend
     assert resolve_handler(tmp_path, "efficientnet_lite", "torch") is not OnnxImageModel
