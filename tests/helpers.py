@@ -61,6 +61,7 @@ class ServerProcess:
     log_path: Path | None = None
     grpc: bool = False  # also listen for gRPC (off in the test config), on ``grpc_port``
     grpc_port: int = 0
+    python: str = sys.executable  # another venv's interpreter, to serve from that install
 
     @property
     def url(self) -> str:
@@ -77,7 +78,7 @@ class ServerProcess:
         self.log_path = log_path
         environ = {**os.environ, "IE_LOGGING__FORMAT": "json", **self.env}
         command = [
-            sys.executable, "-m", "inference_engine", "serve",
+            self.python, "-m", "inference_engine", "serve",
             "--config-dir", str(CONFIG_DIR), "--env", "test",
             "--model-repository", str(self.repository),
             "--host", "127.0.0.1", "--port", str(self.port), *self.args,
