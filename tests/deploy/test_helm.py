@@ -773,6 +773,14 @@ def test_prometheus_rule_ships_the_alerts(rendered: dict[str, Docs]) -> None:
         assert rule["spec"]["groups"] == shipped["groups"]
 
 
+def test_prometheus_rule_runbook_links_can_point_at_your_docs(chart: Any) -> None:
+    base = "https://docs.example.com/inference-engine/"
+    values = {"metrics": {"prometheusRule": {"enabled": True, "runbookBaseUrl": base}}}
+    rule = one(render(chart, values), "PrometheusRule")
+    links = [r["annotations"]["runbook_url"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert links and all(link.startswith(f"{base}docs/OPERATIONS.md#") for link in links), links
+
+
 # --------------------------------------------------------------------------------------------
 # Rate limits in Redis, NetworkPolicy, Ingress
 

@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import time
+import tomllib
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +52,10 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "inference-engine.json"
 DATASOURCES = DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = DEPLOY / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
 RUNBOOK = ROOT / "docs" / "OPERATIONS.md"
+# runbook_url links are absolute: the project's published docs (pyproject's Documentation URL).
+DOCS_BASE = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"][
+    "Documentation"
+].removesuffix("docs/")
 
 METRIC_NAME = re.compile(r"\binference_engine_[a-z0-9_]+")
 SELECTOR = re.compile(r"\b(inference_engine_[a-z0-9_]+)\s*\{([^}]*)\}")
@@ -449,7 +454,8 @@ def test_rules_file_structure() -> None:
             annotations = rule.get("annotations", {})
             for key in ("summary", "description", "runbook_url"):
                 assert isinstance(annotations.get(key), str) and annotations[key].strip(), f"{name}: {key}"
-            assert re.fullmatch(r"docs/OPERATIONS\.md#[a-z0-9_-]+", annotations["runbook_url"]), name
+            runbook = re.escape(DOCS_BASE) + r"docs/OPERATIONS\.md#[a-z0-9_-]+"
+            assert re.fullmatch(runbook, annotations["runbook_url"]), name
     assert len(alerts) == len(set(alerts)), f"duplicate alert names: {alerts}"
 
 
@@ -517,7 +523,7 @@ def test_runbook_urls_point_at_headings_of_the_operations_guide() -> None:
     missing = []
     for rule in alert_rules():
         path, _, anchor = rule["annotations"]["runbook_url"].partition("#")
-        assert path == "docs/OPERATIONS.md"
+        assert path == f"{DOCS_BASE}docs/OPERATIONS.md"
         if anchor not in anchors:
             missing.append(f"{rule['alert']}: #{anchor}")
     assert not missing, "docs/OPERATIONS.md has no heading for:\n" + "\n".join(missing)
