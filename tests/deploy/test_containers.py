@@ -13,6 +13,7 @@ import fnmatch
 import json
 import re
 import shlex
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "docker-compose.yml"
 CONSTRAINTS = ROOT / "constraints.txt"
+REQUIREMENTS = ROOT / "requirements"
 
 VARIANTS = ("cpu", "cuda")
 UID = 10001
@@ -235,19 +237,33 @@ def test_every_external_image_is_pinned(dockerfile: Dockerfile) -> None:
     assert "latest" not in DOCKERFILE.read_text(encoding="utf-8")
 
 
-def test_builder_installs_the_project_with_constraints_into_a_venv(builder: Stage) -> None:
+def test_builder_installs_the_locked_dependencies_into_a_venv(builder: Stage) -> None:
     run = " ".join(i.value for i in builder.all("RUN"))
     assert "-m venv /opt/venv" in run
-    assert re.search(r"pip install -c constraints\.txt \"?\.", run), run
-    assert "--index-url" in run and "--no-deps" in run
+    # cpu: the hashed lock of the server with [torch] (torch's CPU wheel), then the two folders.
+    cpu_lock = '--require-hashes --extra-index-url "${TORCH_INDEX_URL_CPU}" -r requirements/torch-cpu.txt'
+    assert f"pip install {cpu_lock}" in run, run
+    assert "pip install --no-deps ./clients/python ." in run
+    # cuda: the cu126 torch without dependencies, then the project with constraints.txt's versions.
+    assert '--no-deps --index-url "${TORCH_INDEX_URL_CUDA}" "torch==${TORCH_VERSION}"' in run
+    assert re.search(r'pip install -c constraints\.txt \./clients/python "\.\[torch\]"', run), run
     copied = " ".join(i.value for i in builder.all("COPY"))
-    for needed in ("pyproject.toml", "README.md", "constraints.txt", "src/"):
+    for needed in ("pyproject.toml", "README.md", "constraints.txt", "requirements/", "src/"):
         assert needed in copied, f"the builder does not copy {needed}"
+
+
+def lock_pin(lock: str, package: str) -> str:
+    match = re.search(rf"^{package}==(\S+)", (REQUIREMENTS / f"{lock}.txt").read_text(), re.MULTILINE)
+    assert match, f"{package} is not pinned in requirements/{lock}.txt"
+    return match.group(1)
 
 
 def test_torch_version_and_wheel_index_per_variant(dockerfile: Dockerfile, builder: Stage) -> None:
     args = builder.args()
     assert args["TORCH_VERSION"] == constraint_pin("torch") == "2.13.0"
+    assert lock_pin("torch-cpu", "torch") == f"{args['TORCH_VERSION']}+cpu"
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["torch"]
+    assert f"torch=={args['TORCH_VERSION']}" in extra
     assert args["TORCH_INDEX_URL_CPU"] == "https://download.pytorch.org/whl/cpu"
     cuda_index = args["TORCH_INDEX_URL_CUDA"] or ""
     match = re.fullmatch(r"https://download\.pytorch\.org/whl/cu(\d{2})(\d)", cuda_index)
