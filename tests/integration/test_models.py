@@ -90,7 +90,7 @@ def test_info_and_model_listing(client: httpx.Client) -> None:
     default = by_name["efficientnet_lite0"]
     assert default["handler"] == "efficientnet_lite"
     assert default["labels_count"] == 1000
-    assert default["batching"]["max_batch_size"] == 4
+    assert default["batching"]["max_batch_size"] == 8
     assert default["load_seconds"] > 0
     assert by_name["broken"]["state"] == "failed"
     assert "api_key" not in json.dumps(info["config"]).lower()
