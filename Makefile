@@ -12,7 +12,7 @@ MODEL_REPOSITORY ?= models
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-torch install-dev lock serve lint format test test-fast bench bench-quick bench-levers stress soak docs proto docker clean
+.PHONY: help install install-torch install-dev lock serve lint format test test-fast bench bench-quick bench-check bench-levers stress soak docs proto docker clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -72,6 +72,10 @@ bench: install-dev ## Benchmark suite: served vs raw model as ratios, plots in b
 
 bench-quick: install-dev ## The benchmark suite's quick mode (~3.5 min), a smoke run; results in bench/results/quick.*
 	$(BIN)/python -m bench.run --quick $(ARGS)
+
+CHECK_MARGIN ?=
+bench-check: install-dev ## Performance regression check (~2.5 min): ratios of one short run vs bench/floors.json (CHECK_MARGIN=0.5: gross only)
+	$(BIN)/python -m bench.check $(if $(CHECK_MARGIN),--margin $(CHECK_MARGIN)) $(ARGS)
 
 bench-levers: install-dev ## A/B runs of the performance levers (~15 min), into bench/results/levers.json
 	$(BIN)/python -m bench.levers $(ARGS)
