@@ -224,6 +224,15 @@ SERVED: dict[str, Lever] = {
                 Variant("1 worker", env={"IE_SERVER__PREPROCESS_WORKERS": "1"}),
             ),
         ),
+        Lever(
+            "preprocess_workers_tiny",
+            "decode threads: 1 vs 2 (tiny CNN, one intra-op thread: decoding and HTTP dominate)",
+            "tiny_cnn",
+            (
+                Variant("2 workers", env={"IE_SERVER__PREPROCESS_WORKERS": "2"}),
+                Variant("1 worker", env={"IE_SERVER__PREPROCESS_WORKERS": "1"}),
+            ),
+        ),
     )
 }
 
