@@ -77,7 +77,7 @@ def build_app(
         specs, skipped = split_absent_weights(specs)
         for name, reason in skipped.items():
             logger.warning(
-                "model not served: its weights are not on this machine",
+                "model not served: its weights or packages are not on this machine",
                 extra={"model": name, "reason": reason},
             )
     service = InferenceService(
