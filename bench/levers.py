@@ -51,6 +51,9 @@ class Lever:
     levels: tuple[int, ...] = (1, 32)
     images: str = "photos640"
     duration_s: float = 3.0
+    #: Open-loop points too (Poisson arrivals at these requests/s): latency at a load the server
+    #: is not saturated by, where a closed loop cannot look.
+    open_rates: tuple[float, ...] = ()
 
 
 def _t(n: int) -> dict[str, Any]:
@@ -233,6 +236,49 @@ SERVED: dict[str, Lever] = {
                 Variant("1 worker", env={"IE_SERVER__PREPROCESS_WORKERS": "1"}),
             ),
         ),
+        Lever(
+            "serving_path_tiny",
+            "where the tiny CNN's served/raw goes: the server vs its service called from a bare ASGI "
+            "function (no middleware, routing or FastAPI) vs a bare ASGI server that only decodes",
+            "tiny_cnn",
+            (
+                Variant("the server", launcher=("-m", "bench.serve_with")),
+                Variant(
+                    "service, no HTTP layers",
+                    env={"BENCH_BARE_PREDICT": "1"},
+                    launcher=("-m", "bench.serve_with"),
+                ),
+                Variant("bare ASGI, decode only", launcher=("-m", "bench.bare_asgi")),
+            ),
+            levels=(1, 8, 32),
+        ),
+        *(
+            Lever(
+                f"batch_delay_{short}",
+                f"batch delay: fixed 5 and 20 ms vs adaptive under a 20 ms ceiling ({title})",
+                model,
+                (
+                    Variant("fixed 5 ms", {"batch_delay": "fixed", "max_batch_delay_ms": 5}),
+                    Variant("fixed 20 ms", {"batch_delay": "fixed", "max_batch_delay_ms": 20}),
+                    Variant("adaptive, 20 ms ceiling", {"batch_delay": "adaptive", "max_batch_delay_ms": 20}),
+                ),
+                levels=levels,
+                duration_s=duration,
+                open_rates=rates,
+            )
+            for short, title, model, levels, duration, rates in (
+                ("tiny", "tiny CNN", "tiny_cnn", (1, 8, 32), 3.0, (200.0, 400.0)),
+                (
+                    "onnx",
+                    "EfficientNet-Lite0, ONNX Runtime",
+                    "efficientnet_lite0_onnx",
+                    (1, 8, 32),
+                    3.0,
+                    (40.0, 80.0),
+                ),
+                ("vit", "CLIP ViT-B/32", "clip_vit_b32", (1, 8), 6.0, (5.0,)),
+            )
+        ),
     )
 }
 
@@ -240,8 +286,9 @@ SERVED: dict[str, Lever] = {
 def run_served(lever: Lever, rounds: int, cache: Path, warmup: float) -> dict[str, Any]:
     spec = model_specs()[lever.model]
     images = image_set(lever.images)
-    samples: dict[str, dict[int, list[dict[str, Any]]]] = {
-        v.label: {c: [] for c in lever.levels} for v in lever.variants
+    points_at = [str(c) for c in lever.levels] + [f"{r:g}/s open" for r in lever.open_rates]
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {
+        v.label: {p: [] for p in points_at} for v in lever.variants
     }
     for round_ in range(rounds):
         order = lever.variants if round_ % 2 == 0 else tuple(reversed(lever.variants))
@@ -258,15 +305,17 @@ def run_served(lever: Lever, rounds: int, cache: Path, warmup: float) -> dict[st
                 async def points(
                     server: ServedModel = server, requests: list[bytes] = requests, label: str = variant.label
                 ) -> None:
-                    for clients in lever.levels:
+                    runs = [(str(c), load.closed_loop, c) for c in lever.levels]
+                    runs += [(f"{r:g}/s open", load.open_loop, r) for r in lever.open_rates]
+                    for at, drive, level in runs:
                         probe = Probe(server)
-                        window = await load.closed_loop(
-                            server.port, requests, clients, warmup, lever.duration_s, probe.mark, probe.mark
+                        window = await drive(
+                            server.port, requests, level, warmup, lever.duration_s, probe.mark, probe.mark
                         )
                         point = {**window.result(), **probe.result()}
-                        samples[label][clients].append(point)
+                        samples[label][at].append(point)
                         log(
-                            f"  {lever.name} [{label}] {clients} clients: "
+                            f"  {lever.name} [{label}] {at}: "
                             f"{point['throughput_rps']:.1f} req/s, "
                             f"p50 {point['p50_ms']:.1f} ms, p99 {point['p99_ms']:.1f} ms, "
                             f"batch {point['avg_batch_size']:.2f}, server CPU {point['server_cpu_cores']:.2f}"
@@ -284,9 +333,9 @@ def run_served(lever: Lever, rounds: int, cache: Path, warmup: float) -> dict[st
     )
     table = {
         label: {
-            str(c): {k: statistics.median(p[k] for p in runs) for k in keys}
+            at: {k: statistics.median(p[k] for p in runs) for k in keys}
             | {"runs": [p["throughput_rps"] for p in runs]}
-            for c, runs in by_level.items()
+            for at, runs in by_level.items()
         }
         for label, by_level in samples.items()
     }
@@ -518,7 +567,7 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"Measured {lever.get('measured', '?')}, load average before {before}.", ""]
         if lever["kind"] == "served":
             lines.append(
-                "| variant | clients | req/s (median; runs) | p50 ms | p99 ms | avg batch | server CPU |"
+                "| variant | load | req/s (median; runs) | p50 ms | p99 ms | avg batch | server CPU |"
             )
             lines.append("| --- | --- | --- | --- | --- | --- | --- |")
             for label, levels in lever["variants"].items():

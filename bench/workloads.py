@@ -167,7 +167,6 @@ def model_specs() -> dict[str, ModelSpec]:
                 "labels": ["alpha", "beta", "gamma", "delta"],
                 "preprocessing": {"resize": 64, "crop": 56},
                 "max_batch_size": 32,
-                "max_batch_delay_ms": 5,
                 # One intra-op thread: two made served throughput 1.5-2.6x worse (docs/PERFORMANCE.md).
                 "intra_op_threads": 1,
             },
@@ -199,7 +198,6 @@ def model_specs() -> dict[str, ModelSpec]:
                 "labels": ["cat", "dog", "car"],
                 "options": {"templates": ["a photo of a {}."]},
                 "max_batch_size": 8,
-                "max_batch_delay_ms": 5,
             },
             "clip",
         ),

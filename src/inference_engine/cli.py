@@ -179,7 +179,8 @@ def _models_list(settings: Settings) -> int:
 
     rows = [
         (s.name, s.config.version, s.config.handler, s.config.device,
-         f"batch<={s.config.max_batch_size} delay={s.config.max_batch_delay_ms}ms",
+         f"batch<={s.config.max_batch_size} delay={s.config.max_batch_delay_ms}ms"
+         + ("(adaptive)" if s.config.batch_delay == "adaptive" else ""),
          s.plan.policy.replace(" ", ""), _share(s), status(s))
         for s in specs
     ] + [

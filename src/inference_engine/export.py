@@ -45,7 +45,7 @@ EXPORT_PACKAGES = ("onnx", "onnxscript")
 ONNX_FILE = "model.onnx"
 # Serving settings copied to the exported model.yaml only when the source sets them, so that
 # the global batching defaults keep applying where they applied before.
-_COPIED_IF_SET = ("max_batch_size", "max_batch_delay_ms", "max_queue_size", "intra_op_threads")
+_COPIED_IF_SET = ("max_batch_size", "max_batch_delay_ms", "max_queue_size", "batch_delay", "intra_op_threads")
 
 
 @runtime_checkable

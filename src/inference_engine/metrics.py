@@ -92,6 +92,13 @@ class Metrics:
         self.queue_depth = Gauge(
             f"{PREFIX}_queue_depth", "Inputs waiting in the model queue.", ["model", "version"], registry=r
         )
+        self.batch_delay = Gauge(
+            f"{PREFIX}_batch_delay_seconds",
+            "How long a forming batch with nothing queued behind it waits for one more input: "
+            "max_batch_delay_ms when fixed, the measured choice when adaptive.",
+            ["model", "version"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             f"{PREFIX}_in_flight_requests",
             "Inference requests being handled.",

@@ -121,7 +121,9 @@ class ModelRuntime:
 
     def policy(self) -> BatchPolicy:
         config = self.config
-        return BatchPolicy(config.max_batch_size, config.max_batch_delay_ms, config.max_queue_size)
+        return BatchPolicy(
+            config.max_batch_size, config.max_batch_delay_ms, config.max_queue_size, config.batch_delay
+        )
 
     async def load(self, metrics: Metrics, tracer: trace.Tracer) -> None:
         """Build the instances on their own threads, warm them, run the canary, start batching.

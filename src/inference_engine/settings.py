@@ -107,10 +107,16 @@ class BatchingSettings(_Section):
 
     max_batch_size: int = Field(8, ge=1, le=4096)
     """Largest batch handed to one forward pass."""
-    max_batch_delay_ms: float = Field(5.0, ge=0)
-    """How long a batch may wait for more items after its first item arrived."""
+    max_batch_delay_ms: float = Field(20.0, ge=0)
+    """How long a batch may wait for more items after its first item arrived (the ceiling of the
+    adaptive delay; with ``batch_delay: fixed``, a few ms is typical)."""
     max_queue_size: int = Field(256, ge=1)
     """Requests that may wait per model; past it new requests get 503 with Retry-After."""
+    batch_delay: Literal["fixed", "adaptive"] = "adaptive"
+    """``fixed``: a forming batch waits up to ``max_batch_delay_ms`` for more inputs while any is
+    being decoded. ``adaptive``: it waits (up to the same ceiling) only while inputs arrive
+    faster than the per-batch part of a forward pass, or while the batch loop is saturated;
+    otherwise it runs at once. One setting then suits a lone client, medium load and a backlog."""
 
 
 class ImageSettings(_Section):

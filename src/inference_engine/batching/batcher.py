@@ -24,6 +24,7 @@ from typing import Any, Generic, TypeVar
 
 from opentelemetry import trace
 
+from inference_engine.batching.delay import BatchDelay, DelayMode
 from inference_engine.batching.queue import BatchQueue, WorkItem
 from inference_engine.batching.worker import ModelWorker
 from inference_engine.errors import (
@@ -53,6 +54,8 @@ class BatchPolicy:
     max_batch_size: int
     max_batch_delay_ms: float
     max_queue_size: int
+    #: ``adaptive``: wait for more inputs only while the measurements say it pays (:mod:`.delay`).
+    batch_delay: DelayMode = "fixed"
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,9 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         self._metrics = metrics
         depth_gauge = metrics.queue_depth.labels(model, version)
         self._queue: BatchQueue[ItemT] = BatchQueue(policy.max_queue_size, depth_gauge.set)
+        self.delay = BatchDelay(policy.max_batch_delay_ms / 1000.0, policy.batch_delay)
+        self._delay_gauge = metrics.batch_delay.labels(model, version)
+        self._delay_gauge.set(self.delay.max_delay_s)
         self._tasks: list[asyncio.Task[None]] = []
         # Per loop, the items it has taken off the queue: the batch it forms or runs. Out of
         # the queue, they would be out of reach of a stop if nobody kept them here.
@@ -225,6 +231,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         item = WorkItem(payload, future, deadline, request_id, span_context=span_context)
         self._queue.put(item, retry_after_s=self.retry_after_s())
+        self.delay.arrived(item.enqueued_at)
         return future
 
     def retry_after_s(self) -> float:
@@ -248,6 +255,12 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
 
     # -- the loop --------------------------------------------------------------------------
 
+    def _patience(self) -> float:
+        """The adaptive wait for one more input, exported as it is chosen."""
+        wait = self.delay.wait_s()
+        self._delay_gauge.set(wait)
+        return wait
+
     async def _loop(self, index: int, worker: ModelWorker, predict: PredictFn[ItemT, OutputT]) -> None:
         max_delay_s = self.policy.max_batch_delay_ms / 1000.0
         try:
@@ -255,13 +268,16 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
                 # Filled in place, so the items are held from the moment they leave the queue.
                 batch: list[WorkItem[ItemT]] = []
                 self._held[index] = batch
+                waiting_since = time.monotonic()
                 await self._queue.next_batch(
                     self.policy.max_batch_size,
                     max_delay_s,
                     self._admit,
                     self._pending_inputs if self._eager else None,
+                    patience=self._patience if self.policy.batch_delay == "adaptive" else None,
                     into=batch,
                 )
+                self.delay.idled(max(0.0, batch[0].enqueued_at - waiting_since))
                 try:
                     await self._run_batch(worker, predict, batch)
                 finally:
@@ -331,6 +347,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
                 _set_exception(item, failure)
             return
         elapsed = time.monotonic() - started
+        self.delay.ran(len(batch), elapsed)
         self._metrics.inference_duration.labels(self.model, self.version).observe(elapsed)
         self._metrics.batch_size.labels(self.model, self.version).observe(len(batch))
         if self._on_batch is not None:

@@ -66,6 +66,7 @@ class BatchQueue(Generic[T]):
         admit: Callable[[WorkItem[T]], bool],
         incoming: Callable[[], int] | None = None,
         *,
+        patience: Callable[[], float] | None = None,
         into: list[WorkItem[T]] | None = None,
     ) -> list[WorkItem[T]]:
         """Wait for one admitted item, then gather more until the batch is full or due.
@@ -73,6 +74,8 @@ class BatchQueue(Generic[T]):
         ``admit`` returns False for items that must not run (client gone, deadline passed);
         they are dropped here so they never take a slot in a forward pass. ``incoming``, when
         given, says how many items are still on their way; at 0 an empty queue closes the batch.
+        ``patience``, when given, says how long (seconds from now) a batch whose queue ran empty
+        waits for one more item, within ``max_delay_s`` of the first (:mod:`.delay`).
 
         The batch is built in ``into`` (a new list when not given) and returned. An item taken
         off the queue is appended to it before the next ``await``, so a caller cancelled while
@@ -91,6 +94,8 @@ class BatchQueue(Generic[T]):
                 item = self._queue.get_nowait()
             except asyncio.QueueEmpty:
                 remaining = due - time.monotonic()
+                if patience is not None:
+                    remaining = min(remaining, patience())
                 if remaining <= 0 or (incoming is not None and incoming() <= 0):
                     break
                 try:

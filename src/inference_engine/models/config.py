@@ -168,6 +168,8 @@ class ModelFile(_ModelFields):
     """Overrides ``batching.max_batch_delay_ms`` for this model."""
     max_queue_size: int | None = Field(None, ge=1)
     """Overrides ``batching.max_queue_size`` for this model."""
+    batch_delay: Literal["fixed", "adaptive"] | None = None
+    """Overrides ``batching.batch_delay`` for this model."""
     cuda: CudaOverrides | None = None
     """Values that replace the ones above when the model runs on CUDA (``device: cuda``, ``cuda:N``,
     or ``auto`` on a machine with a GPU): ``max_batch_size``, ``max_batch_delay_ms``,
@@ -183,7 +185,10 @@ class ModelConfig(_ModelFields):
 
     max_batch_size: int = Field(8, ge=1, le=4096)
     """Largest batch handed to one forward pass."""
-    max_batch_delay_ms: float = Field(5.0, ge=0)
+    max_batch_delay_ms: float = Field(20.0, ge=0)
     """How long a batch may wait for more items after its first item arrived."""
     max_queue_size: int = Field(256, ge=1)
     """Requests that may wait for this model; past it new requests get 503 with Retry-After."""
+    batch_delay: Literal["fixed", "adaptive"] = "adaptive"
+    """How a forming batch's wait is chosen: ``fixed`` (``max_batch_delay_ms``) or ``adaptive``
+    (from the measured arrival gap and per-batch cost, within ``max_batch_delay_ms``)."""

@@ -159,6 +159,7 @@ def settle(config: ModelFile, defaults: BatchingSettings, cuda_available: bool |
         defaults.max_batch_delay_ms if config.max_batch_delay_ms is None else config.max_batch_delay_ms
     )
     settled["max_queue_size"] = config.max_queue_size or defaults.max_queue_size
+    settled["batch_delay"] = config.batch_delay or defaults.batch_delay
     return ModelConfig.model_validate(settled)
 
 
