@@ -39,17 +39,23 @@ BATCH_SIZES = (1, 2, 4, 8, 16, 32)
 
 def load_handler(model: str, cache_dir: Path, overrides: dict[str, Any] | None = None) -> Any:
     """Load ``model`` exactly as the server would (its handler, its ``model.yaml``), warmed up."""
+    spec = model_specs()[model]
+    repo = write_repository(spec, cache_dir, Path(tempfile.mkdtemp(prefix="bench-raw-")), overrides)
+    handler = handler_from(repo, model)
+    handler.warmup()
+    return handler
+
+
+def handler_from(repository: Path, model: str) -> Any:
+    """``model``'s handler from ``repository``, loaded as the server loads it (not warmed up)."""
     from inference_engine.models.loader import scan_repository
     from inference_engine.settings import BatchingSettings
 
-    spec = model_specs()[model]
-    repo = write_repository(spec, cache_dir, Path(tempfile.mkdtemp(prefix="bench-raw-")), overrides)
-    specs, broken = scan_repository(repo, BatchingSettings(), [model])
+    specs, broken = scan_repository(repository, BatchingSettings(), [model])
     if broken:
         raise RuntimeError(f"{model}: {broken[0].error}")
     handler = specs[0].handler_class(specs[0].config, specs[0].directory)
     handler.load(specs[0].config.device)
-    handler.warmup()
     return handler
 
 

@@ -5,7 +5,10 @@ For A/B levers only: ``BENCH_UVICORN_LOOP`` (``asyncio``, ``uvloop``) and
 (uvloop and httptools when installed, as they are with ``uvicorn[standard]``);
 ``BENCH_EAGER_BATCHING=0`` turns eager batch closing off (every batch waits out the delay);
 ``BENCH_CHANNELS_LAST=0`` runs EfficientNet in the default (NCHW) memory format;
-``BENCH_SWITCH_INTERVAL`` sets ``sys.setswitchinterval`` (seconds; Python's default is 0.005).
+``BENCH_SWITCH_INTERVAL`` sets ``sys.setswitchinterval`` (seconds; Python's default is 0.005);
+``BENCH_BARE_PREDICT=1`` answers ``POST /predict`` with a bare ASGI function in front of the
+application that calls the service directly (no middleware, routing, FastAPI, request context,
+access control or access log): what the service, batcher and model cost without the HTTP layers.
 
     python -m bench.serve_with serve --model-repository ...
 """
@@ -49,6 +52,44 @@ if os.environ.get("BENCH_CHANNELS_LAST") == "0":
 
 if interval := os.environ.get("BENCH_SWITCH_INTERVAL"):
     sys.setswitchinterval(float(interval))
+
+if os.environ.get("BENCH_BARE_PREDICT") == "1":
+    import time
+
+    import orjson
+
+    from bench.bare_asgi import read_body
+    from inference_engine import server as _server
+    from inference_engine.api.routes import format_prediction
+
+    _create_app = _server.create_app
+
+    def _bare_predict(settings: Any, service: Any, *args: Any, **kwargs: Any) -> Any:
+        app = _create_app(settings, service, *args, **kwargs)
+
+        async def bare(scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] != "http" or scope["path"] != "/predict" or scope["method"] != "POST":
+                await app(scope, receive, send)
+                return
+            body = await read_body(receive)
+            started = time.monotonic()
+            route = service.route(None, None, None)
+            service.admit(route)
+            prediction = await service.infer(
+                route, body, top_k=None, deadline=started + 30, request_id="-", labels=None
+            )
+            answer = orjson.dumps(
+                format_prediction(prediction, "-", time.monotonic() - started),
+                option=orjson.OPT_SERIALIZE_NUMPY,
+            )
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": answer})
+
+        bare.state = app.state  # type: ignore[attr-defined]
+        return bare
+
+    _server.create_app = _bare_predict  # type: ignore[assignment]
 
 if __name__ == "__main__":
     from inference_engine.cli import main
