@@ -24,6 +24,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from inference_engine.settings import BatchingSettings
+
 #: Which targets apply to which workload (from the performance issue).
 HEAVY = {"clip_vit_b32"}
 LIGHT = {"tiny_cnn", "efficientnet_lite0", "efficientnet_lite0_torch", "efficientnet_lite0_onnx"}
@@ -88,7 +90,9 @@ def summarise_workload(workload: dict[str, Any]) -> dict[str, Any]:
     opened = {float(p["rate"]): _point_summary(p["runs"]) for p in workload["served"]["open"]}
     config = workload["model_yaml"]
     max_batch = int(config.get("max_batch_size") or 8)
-    delay_ms = float(config.get("max_batch_delay_ms") or 5.0)
+    # Absent from model.yaml: the server's default (batching.max_batch_delay_ms), read from the
+    # settings rather than repeated here.
+    delay_ms = float(config.get("max_batch_delay_ms") or BatchingSettings().max_batch_delay_ms)
     ceiling = pipeline["median"]
     ratios = {c: ratio(s["throughput_rps"]["median"], ceiling) for c, s in closed.items()}
     bound_ms = 1000.0 / forward1["median"] + decode_ms + SINGLE_REQUEST_SLACK_MS

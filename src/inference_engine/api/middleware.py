@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
-import re
 import time
-import uuid
 from collections.abc import Sequence
 from typing import Literal
 
@@ -22,10 +20,9 @@ from inference_engine.api.access import OPERATIONAL_PATHS
 from inference_engine.api.errors import error_response
 from inference_engine.logging import RequestContext, current_request
 from inference_engine.metrics import Metrics
+from inference_engine.requestid import RequestIds
 
 error_logger = logging.getLogger("inference_engine.api")
-
-_VALID_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -41,15 +38,12 @@ _CSP_EXEMPT = ("/docs", "/redoc")
 _OWN_HEADERS = frozenset({b"cache-control", b"content-security-policy"})
 
 
-def incoming_request_id(headers: list[tuple[bytes, bytes]]) -> str:
+def incoming_request_id(headers: list[tuple[bytes, bytes]], ids: RequestIds) -> str:
     """The client's ``X-Request-ID`` when it is sane, else a new one."""
     for key, value in headers:
         if key == b"x-request-id":
-            candidate = value.decode("latin-1").strip()
-            if _VALID_ID.match(candidate):
-                return candidate
-            break
-    return uuid.uuid4().hex
+            return ids.accept(value.decode("latin-1"))
+    return ids.new()
 
 
 def route_protocol(scope: Scope, v2_routes: Sequence[BaseRoute], prefix: str = "") -> Literal["native", "v2"]:
@@ -79,6 +73,7 @@ class RequestContextMiddleware:
         )
         self.metrics = metrics
         self.access_log = access_log
+        self.request_ids = RequestIds()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,7 +81,7 @@ class RequestContextMiddleware:
             return
         started = time.monotonic()
         ctx = RequestContext(
-            request_id=incoming_request_id(scope["headers"]),
+            request_id=incoming_request_id(scope["headers"], self.request_ids),
             started=started,
             protocol=route_protocol(scope, self.v2_routes, self.v2_prefix),
         )

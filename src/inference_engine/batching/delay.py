@@ -45,6 +45,7 @@ class BatchDelay:
         self._last_arrival: float | None = None
         self._gap_s: float | None = None
         self._forward_s: dict[int, float] = {}
+        self._overhead_s: float | None = None  # refitted after each forward pass, read per wait
         self._idle_s = 0.0
         self._busy: float | None = None
 
@@ -68,6 +69,7 @@ class BatchDelay:
         """A forward pass of ``size`` inputs took ``seconds`` (after the idle time last reported)."""
         previous = self._forward_s.get(size)
         self._forward_s[size] = seconds if previous is None else previous + _ALPHA * (seconds - previous)
+        self._overhead_s = self._fit_overhead()
         busy = seconds / (seconds + self._idle_s) if seconds + self._idle_s > 0 else 1.0
         self._busy = busy if self._busy is None else self._busy + _ALPHA * (busy - self._busy)
         self._idle_s = 0.0
@@ -84,6 +86,10 @@ class BatchDelay:
 
     def batch_overhead_s(self) -> float | None:
         """The fixed cost of one forward pass, whatever its size (None until two sizes ran)."""
+        return self._overhead_s
+
+    def _fit_overhead(self) -> float | None:
+        """The intercept of the least-squares line through each batch size's forward time."""
         if len(self._forward_s) < 2:
             return None
         sizes = list(self._forward_s)
@@ -101,7 +107,7 @@ class BatchDelay:
         """
         if self.mode == "fixed":
             return self.max_delay_s
-        overhead = self.batch_overhead_s()
+        overhead = self._overhead_s
         gap = self._gap_s
         if overhead is None or gap is None or self._busy is None:
             return self.max_delay_s  # still learning: behave as the fixed delay

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -30,6 +29,7 @@ from inference_engine.answers import Route
 from inference_engine.errors import BadRequest, EngineError
 from inference_engine.logging import RequestContext, current_request
 from inference_engine.metrics import Metrics
+from inference_engine.requestid import RequestIds
 from inference_engine.rpc.status import Metadata, error_metadata, http_status, status_code
 from inference_engine.settings import ServerSettings
 from inference_engine.transport import MAX_ROUTING_KEY, Batched
@@ -49,12 +49,6 @@ _CANCELLED = {
     "client_disconnected": (StatusCode.CANCELLED, 499),
     "drain_timeout": (StatusCode.UNAVAILABLE, 500),  # HTTP answers a request cut off so with 500
 }
-_VALID_ID = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-")
-
-
-def valid_request_id(candidate: str) -> bool:
-    """The HTTP middleware's rule: 1 to 128 letters, digits and ``._:-``."""
-    return 0 < len(candidate) <= 128 and set(candidate) <= _VALID_ID
 
 
 def peer_address(peer: str) -> str:
@@ -115,6 +109,7 @@ class Calls:
         self.metrics = metrics
         self.access = access
         self.access_log = access_log
+        self.request_ids = RequestIds()
         #: The server is stopping: calls still running when the drain time is up are cut off.
         self.stopping = False
         #: The answer queues of the open streams, told when the server stops (see ``begin_stop``).
@@ -133,9 +128,7 @@ class Calls:
         """A call that arrived now; ``request_id``: a streamed request's own ``id``."""
         texts = {k: v for k, v in metadata if isinstance(v, str)}
         candidate = request_id or texts.get("x-request-id", "")
-        ctx = RequestContext(
-            request_id=candidate if valid_request_id(candidate) else uuid.uuid4().hex, protocol="v2"
-        )
+        ctx = RequestContext(request_id=self.request_ids.accept(candidate), protocol="v2")
         allowed = self.server.request_timeout_s if time_remaining is None else time_remaining
         return RpcCall(ctx, ctx.started + min(allowed, self.server.max_request_timeout_s), texts)
 

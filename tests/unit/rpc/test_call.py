@@ -7,7 +7,8 @@ import pytest
 from inference_engine.access import AccessPolicy
 from inference_engine.errors import BadRequest
 from inference_engine.metrics import Metrics
-from inference_engine.rpc.call import Calls, peer_address, valid_request_id
+from inference_engine.requestid import valid_request_id
+from inference_engine.rpc.call import Calls, peer_address
 from inference_engine.settings import AuthSettings, RateLimitSettings, ServerSettings
 
 
