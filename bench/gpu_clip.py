@@ -123,7 +123,7 @@ class GpuDecoder:
             from nvidia import nvimgcodec  # type: ignore[import-not-found]
         except ImportError as exc:
             raise RuntimeError(
-                f"nvidia-nvimgcodec is not installed ({exc}): pip install nvidia-nvimgcodec-cu12"
+                f"nvidia-nvimgcodec is not installed ({exc}): pip install 'nvidia-nvimgcodec-cu12[all]'"
             ) from exc
         self._decoder = nvimgcodec.Decoder()
         self._torch = torch
