@@ -191,10 +191,10 @@ def _models_list(settings: Settings) -> int:
     if not rows:
         print(f"no models in {settings.model_repository}")
         return 1
-    print(f"{'NAME':<24} {'VERSION':<8} {'HANDLER':<20} {'DEVICE':<7} {'BATCHING':<28} {'POLICY':<12} "
+    print(f"{'NAME':<24} {'VERSION':<8} {'HANDLER':<20} {'DEVICE':<7} {'BATCHING':<32} {'POLICY':<12} "
           f"{'TRAFFIC':<18} STATUS")  # fmt: skip
     for row in sorted(rows, key=lambda r: (r[0], r[1].zfill(12))):
-        widths = (24, 8, 20, 7, 28, 12, 18, 0)
+        widths = (24, 8, 20, 7, 32, 12, 18, 0)
         print(" ".join(f"{cell:<{width}}" for cell, width in zip(row, widths, strict=True)).rstrip())
     return 1 if broken else 0
 
