@@ -34,12 +34,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bench import load
 from bench.raw import handler_from, prepare_fn
 from bench.server import ServedModel
-from bench.workloads import DEFAULT_CACHE, image_set, model_specs, weights_for
+from bench.workloads import DEFAULT_CACHE, image_set, model_specs, weights_for, write_repository
 
 TARGET_IPS = 2000.0
 NAME = "clip_vit_b32"
@@ -47,13 +45,9 @@ NAME = "clip_vit_b32"
 
 def load_clip(weights: Path, device: str, dtype: str, batch: int) -> tuple[Any, Path]:
     """The server's CLIP handler on ``device`` in ``dtype``, and the repository it was read from."""
-    spec = model_specs()[NAME]
     overrides = {"device": device, "dtype": dtype, "max_batch_size": batch, "max_queue_size": 4 * batch}
-    repo = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
-    folder = repo / NAME
-    folder.mkdir()
-    document = spec.model_yaml(weights, overrides)
-    (folder / "model.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    target = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    repo = write_repository(model_specs()[NAME], DEFAULT_CACHE, target, overrides, weights=weights)
     handler = handler_from(repo, NAME)
     handler.warmup()
     return handler, repo

@@ -298,16 +298,18 @@ def write_repository(
     target: Path,
     overrides: dict[str, Any] | None = None,
     versions: tuple[int, ...] = (),
+    weights: Path | None = None,
 ) -> Path:
     """A one-model repository at ``target`` serving ``spec`` with ``overrides`` on its ``model.yaml``.
 
     With ``versions``, the model in Triton's layout: an empty ``<name>/<N>/`` folder per version
     under the one shared ``model.yaml`` (its ``weights`` an absolute path into the cache, or the
-    packaged weights), so every version is the same model with the same weights.
+    packaged weights), so every version is the same model with the same weights. ``weights``:
+    serve that file or folder instead of the spec's (built in the cache only when not given).
     """
     folder = target / spec.name
     folder.mkdir(parents=True, exist_ok=True)
-    document = spec.model_yaml(weights_for(spec, cache_dir), overrides)
+    document = spec.model_yaml(weights or weights_for(spec, cache_dir), overrides)
     if versions:
         document.pop("version", None)  # a version's number is its folder's name
         for number in versions:

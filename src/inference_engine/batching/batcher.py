@@ -262,7 +262,6 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         return wait
 
     async def _loop(self, index: int, worker: ModelWorker, predict: PredictFn[ItemT, OutputT]) -> None:
-        max_delay_s = self.policy.max_batch_delay_ms / 1000.0
         try:
             while True:
                 # Filled in place, so the items are held from the moment they leave the queue.
@@ -271,7 +270,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
                 waiting_since = time.monotonic()
                 await self._queue.next_batch(
                     self.policy.max_batch_size,
-                    max_delay_s,
+                    self.delay.max_delay_s,
                     self._admit,
                     self._pending_inputs if self._eager else None,
                     patience=self._patience if self.policy.batch_delay == "adaptive" else None,
