@@ -44,6 +44,8 @@ class Prediction:
     queue_s: float
     inference_s: float
     batch_size: int
+    #: Answered from the output cache; ``None`` where the model keeps none.
+    cached: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,8 @@ class Embeddings:
     queue_s: float
     inference_s: float
     batch_sizes: list[int]
+    #: Every input answered from the output cache; ``None`` where the model keeps none.
+    cached: bool | None = None
 
     @property
     def dimension(self) -> int:
@@ -85,6 +89,8 @@ class Rows:
     queue_s: float
     inference_s: float
     batch_sizes: list[int]
+    #: Every row answered from the output cache; ``None`` where the model keeps none.
+    cached: bool | None = None
 
     @property
     def batch_size(self) -> int:

@@ -143,6 +143,13 @@ class QueueFull(ServiceUnavailable):
     code = "queue_full"
 
 
+class DeadlineUnmeetable(ServiceUnavailable):
+    """Predictive admission: the work ahead would not let this request finish by its deadline,
+    so it is refused now (with ``Retry-After``) rather than queued to time out."""
+
+    code = "deadline_unmeetable"
+
+
 class ModelNotReady(ServiceUnavailable):
     """The model is loading, failed to load, or its batch loop is not running."""
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from inference_engine.settings import LoggingSettings
+from inference_engine.tenancy import DEFAULT_CALLER, Caller
 from inference_engine.tracing import current_trace_id
 
 
@@ -37,6 +38,10 @@ class RequestContext:
     error: str | None = None
     #: The protocol of the route that took it: V2 routes answer errors in V2's shape.
     protocol: Literal["native", "v2"] = "native"
+    #: Its tenant and priority (from its API key and ``X-Priority``), set by access control.
+    caller: Caller = DEFAULT_CALLER
+    #: Answered from the output cache (``None``: the model keeps none); the ``X-Cache`` header.
+    cached: bool | None = None
 
 
 current_request: ContextVar[RequestContext | None] = ContextVar("current_request", default=None)

@@ -117,6 +117,54 @@ class Metrics:
             ["model", "version", "reason"],
             registry=r,
         )
+        self.admission_refusals = Counter(
+            f"{PREFIX}_admission_refusals",
+            "Inputs refused before queueing: queue full, or (predictive admission) a deadline the "
+            "work ahead would not let them meet.",
+            ["model", "version", "reason"],
+            registry=r,
+        )
+        self.admission_prediction_error = Histogram(
+            f"{PREFIX}_admission_prediction_error_seconds",
+            "How far predictive admission's answer-time prediction was off, per admitted input.",
+            ["model", "version"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.admission_predictions = Counter(
+            f"{PREFIX}_admission_predictions",
+            "Admitted inputs by whether they were answered before (early) or after (late) the "
+            "time predictive admission predicted.",
+            ["model", "version", "outcome"],
+            registry=r,
+        )
+        self.cache_lookups = Counter(
+            f"{PREFIX}_cache_lookups",
+            "Output cache lookups by pre-processed pixels, by result (hit or miss).",
+            ["model", "version", "result"],
+            registry=r,
+        )
+        self.cache_bytes = Gauge(
+            f"{PREFIX}_cache_bytes",
+            "Bytes of model outputs held in the output cache.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.cache_entries = Gauge(
+            f"{PREFIX}_cache_entries", "Outputs held in the output cache.", ["model", "version"], registry=r
+        )
+        self.cache_evictions = Counter(
+            f"{PREFIX}_cache_evictions",
+            "Outputs evicted from the output cache to stay within its byte bound.",
+            ["model", "version"],
+            registry=r,
+        )
+        self.merged_inputs = Counter(
+            f"{PREFIX}_merged_inputs",
+            "Inputs that shared the forward pass of an identical input already queued or running.",
+            ["model", "version"],
+            registry=r,
+        )
         self.model_ready = Gauge(
             f"{PREFIX}_model_ready",
             "1 when the model is loaded and its batch loop runs.",

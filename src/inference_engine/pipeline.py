@@ -3,7 +3,10 @@
 :class:`InputPipeline` is the service's engine room: it decodes or tokenises an input in the
 worker pool (announced to the batcher meanwhile, so a forming batch waits for it), submits it
 to the model's batcher under the request's deadline, and records the queue-wait and inference
-spans. Which model, which capability and which outputs are the service's decisions, not its.
+spans. Where the model re-uses answers (:mod:`inference_engine.reuse`), an image whose
+pre-processed pixels were answered before is answered from the cache, and one identical to an
+input in flight shares its run. Which model, which capability and which outputs are the
+service's decisions, not its.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from inference_engine.imaging import ImageLimits, decode_image
 from inference_engine.metrics import Metrics
 from inference_engine.models.base import ModelHandler
 from inference_engine.models.capabilities import TextEncoder
+from inference_engine.reuse import CacheKey, Reuse, pixel_digest
 from inference_engine.runtime import ModelRuntime
+from inference_engine.tenancy import DEFAULT_CALLER, Caller
 
 R = TypeVar("R")
 
@@ -47,6 +52,7 @@ class InputRun:
     inference_s: float
     batch_size: int
     item: Any = None  # the prepared input, as the batcher took it
+    cached: bool = False  # answered from the output cache (no queue, no forward pass)
 
 
 @dataclass(frozen=True)
@@ -103,14 +109,36 @@ class InputPipeline:
 
     async def image(
         self, runtime: ModelRuntime, handler: ModelHandler[Any, Any], data: bytes, deadline: float,
-        request_id: str,
+        request_id: str, caller: Caller = DEFAULT_CALLER,
     ) -> InputRun:  # fmt: skip
         started = time.monotonic()
-        with _announced(runtime, "image"), self._tracer.start_as_current_span("decode"):
-            item = await self.in_pool(_prepare, handler, data, self.limits)
+        reuse = runtime.reuse
+        with _announced(runtime, "image", deadline, caller), self._tracer.start_as_current_span("decode"):
+            item, digest = await self.in_pool(_prepare, handler, data, self.limits, reuse is not None)
         preprocess_s = time.monotonic() - started
         self.metrics.preprocess_duration.labels(*runtime.labels).observe(preprocess_s)
-        return await self.submit(runtime, "image", item, preprocess_s, deadline, request_id)
+        if reuse is None or digest is None:
+            return await self.submit(runtime, "image", item, preprocess_s, deadline, request_id, caller)
+        key = ("image", digest)
+        return await self._reused(reuse, key, runtime, item, preprocess_s, deadline, request_id, caller)
+
+    async def _reused(
+        self, reuse: Reuse, key: CacheKey, runtime: ModelRuntime, item: Any, preprocess_s: float,
+        deadline: float, request_id: str, caller: Caller,
+    ) -> InputRun:  # fmt: skip
+        """An input's run through the model's output cache and in-flight merging."""
+        if reuse.cache is not None:
+            output = reuse.cache.get(key)
+            if output is not None:
+                return InputRun(output, preprocess_s, 0.0, 0.0, 0, item, cached=True)
+
+        def work() -> Awaitable[InputRun]:
+            return self.submit(runtime, "image", item, preprocess_s, deadline, request_id, caller)
+
+        run = await (work() if reuse.flights is None else reuse.flights.run(key, work, deadline))
+        if reuse.cache is not None:
+            reuse.cache.put(key, run.output)
+        return run
 
     async def text(
         self,
@@ -119,22 +147,25 @@ class InputPipeline:
         prompts: list[str],
         deadline: float,
         request_id: str,
+        caller: Caller = DEFAULT_CALLER,
     ) -> InputRun:
         started = time.monotonic()
-        with _announced(runtime, "text"), self._tracer.start_as_current_span("tokenize"):
+        with _announced(runtime, "text", deadline, caller), self._tracer.start_as_current_span("tokenize"):
             item = await self.in_pool(encoder.preprocess_text, prompts)
         preprocess_s = time.monotonic() - started
-        return await self.submit(runtime, "text", item, preprocess_s, deadline, request_id)
+        return await self.submit(runtime, "text", item, preprocess_s, deadline, request_id, caller)
 
     async def submit(
         self, runtime: ModelRuntime, modality: Modality, item: Any, preprocess_s: float, deadline: float,
-        request_id: str,
+        request_id: str, caller: Caller = DEFAULT_CALLER,
     ) -> InputRun:  # fmt: skip
         self._admit(runtime)
         batcher = runtime.batchers[modality]  # ready implies running batchers
         request_span = trace.get_current_span().get_span_context()
         enqueued_ns = time.time_ns()
-        future = batcher.submit(item, deadline=deadline, request_id=request_id, span_context=request_span)
+        future = batcher.submit(
+            item, deadline=deadline, request_id=request_id, span_context=request_span, caller=caller
+        )
         remaining = deadline - time.monotonic()
         try:
             result: BatchResult[Any] = await asyncio.wait_for(future, timeout=max(remaining, 0.0))
@@ -161,15 +192,16 @@ class InputPipeline:
 
 
 @contextlib.contextmanager
-def _announced(runtime: ModelRuntime, modality: Modality) -> Iterator[None]:
+def _announced(runtime: ModelRuntime, modality: Modality, deadline: float, caller: Caller) -> Iterator[None]:
     """The batcher's ``incoming()`` for one input being prepared, refused at once when the queue
-    has no room for it (nothing is announced while the model restarts: submit refuses then)."""
+    has no room for it or (predictive admission) it would miss its deadline; nothing is
+    announced while the model restarts: submit refuses then."""
     batcher = runtime.batchers.get(modality)
     if batcher is None:
         yield
         return
     with batcher.incoming():
-        batcher.check_room()  # counts this input, now announced, with the others
+        batcher.check_room(deadline=deadline, caller=caller)  # counts this input, now announced
         yield
 
 
@@ -191,7 +223,11 @@ async def gather_or_cancel(*work: Awaitable[Any]) -> list[Any]:
         raise
 
 
-def _prepare(handler: ModelHandler[Any, Any], data: bytes, limits: ImageLimits) -> Any:
-    """Decode and pre-process one request with ``handler`` (worker pool thread)."""
+def _prepare(
+    handler: ModelHandler[Any, Any], data: bytes, limits: ImageLimits, digest: bool
+) -> tuple[Any, bytes | None]:
+    """Decode and pre-process one request with ``handler`` (worker pool thread); with ``digest``,
+    also hash the pre-processed pixels (the output cache's key), here off the event loop."""
     image = decode_image(data, limits, min_side=handler.decode_min_side())
-    return handler.preprocess(image)
+    item = handler.preprocess(image)
+    return item, pixel_digest(item) if digest else None

@@ -22,6 +22,7 @@ from inference_engine.models.base import Capabilities
 from inference_engine.models.loader import BrokenModel, ModelSpec
 from inference_engine.routing import ServedModel
 from inference_engine.runtime import ModelRuntime, ModelState
+from inference_engine.tenancy import DEFAULT_CALLER, Caller
 
 
 class ModelRegistry:
@@ -106,16 +107,17 @@ class ModelRegistry:
         }
         return Readiness(draining=self._draining, models=models)
 
-    def admit(self, route: Route) -> None:
+    def admit(self, route: Route, deadline: float | None = None, caller: Caller = DEFAULT_CALLER) -> None:
         """Refuse a request before its body is read: 503 while draining, while the version is
-        not ready, or while its queue has no room (``queue_full`` with ``Retry-After``).
+        not ready, while its queue has no room (``queue_full`` with ``Retry-After``), or when
+        predictive admission finds it would not be answered by ``deadline``.
 
         A refusal here costs no upload and no decoding; the checks run again as the inputs
         are prepared and queued, so this one may let through what they then refuse.
         """
         runtime = self.served(route.model).runtime_for(route)
         self._check_ready(runtime)
-        runtime.batchers["image"].check_room(1)
+        runtime.batchers["image"].check_room(1, deadline=deadline, caller=caller)
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
         if self._draining:

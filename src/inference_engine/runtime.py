@@ -26,6 +26,7 @@ from inference_engine.labelcache import LabelEmbeddingCache
 from inference_engine.metrics import Metrics
 from inference_engine.models.base import Capabilities, ModelConfig, ModelHandler
 from inference_engine.models.loader import HandlerClass, ModelSpec
+from inference_engine.reuse import Reuse
 from inference_engine.stats import ModelStatistics
 
 logger = logging.getLogger("inference_engine.runtime")
@@ -57,6 +58,7 @@ class ModelRuntime:
     workers: list[ModelWorker] = field(default_factory=list)
     batchers: dict[Modality, DynamicBatcher[Any, Any]] = field(default_factory=dict)
     label_cache: LabelEmbeddingCache | None = None
+    reuse: Reuse | None = None  # the output cache and in-flight merging, when ``cache`` asks
     # Settled at load: the handler's own copy of the configuration (pre-processing read from a
     # folder) and what the loaded instance offers. Kept across restarts until the next load.
     settled: ModelConfig | None = None
@@ -122,7 +124,11 @@ class ModelRuntime:
     def policy(self) -> BatchPolicy:
         config = self.config
         return BatchPolicy(
-            config.max_batch_size, config.max_batch_delay_ms, config.max_queue_size, config.batch_delay
+            config.max_batch_size,
+            config.max_batch_delay_ms,
+            config.max_queue_size,
+            config.batch_delay,
+            config.admission,
         )
 
     async def load(self, metrics: Metrics, tracer: trace.Tracer) -> None:
@@ -161,6 +167,7 @@ class ModelRuntime:
             await asyncio.gather(
                 *(w.call(_canary, h) for w, h in zip(self.workers, self.handlers, strict=True))
             )
+            timings = await self.workers[0].call(_calibrate, self.handlers[0])
         except Exception as exc:
             message = str(exc) if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {exc}"
             self.state, self.error = ModelState.FAILED, message
@@ -176,6 +183,8 @@ class ModelRuntime:
         self.settled = self.handlers[0].config
         self.capabilities = self.handlers[0].capabilities()
         self._start_batchers(metrics, tracer, self.capabilities)
+        for size, seconds in timings.items():  # admission predicts from the first request on
+            self.batchers["image"].forward.observe(size, seconds)
         self.state = ModelState.READY
         metrics.model_load_seconds.labels(*self.labels).set(self.load_seconds)
         metrics.model_warmup_seconds.labels(*self.labels).set(self.warmup_seconds)
@@ -245,6 +254,9 @@ class ModelRuntime:
         if offered.zero_shot is not None and self.label_cache is None:
             # Kept across watchdog restarts: the same weights give the same label embeddings.
             self.label_cache = LabelEmbeddingCache(self.labels, self.config.label_cache_size, metrics)
+        cache = self.config.cache
+        if (cache.enabled or cache.merge_in_flight) and self.reuse is None:
+            self.reuse = Reuse(cache, self.labels, metrics)  # kept across restarts, as the labels'
         for each in self.batchers.values():
             each.start()
 
@@ -277,6 +289,19 @@ class ModelRuntime:
                 "model thread still busy at unload; abandoned it without unloading",
                 extra={"model": self.name, "worker": worker.name, "busy_s": round(busy_s, 1)},
             )
+
+
+def _calibrate(handler: ModelHandler[Any, Any]) -> dict[int, float]:
+    """Seconds of one warm forward pass at batch 1 and at the largest batch (warm-up ran first):
+    what predictive admission starts from, before the batch loop has measured anything."""
+    side = max(handler.decode_min_side() or 64, 32)
+    item = handler.preprocess(Image.new("RGB", (side, side), (127, 127, 127)))
+    timings: dict[int, float] = {}
+    for size in sorted({1, handler.config.max_batch_size}):
+        started = time.perf_counter()
+        handler.predict([item] * size)
+        timings[size] = time.perf_counter() - started
+    return timings
 
 
 def _canary(handler: ModelHandler[Any, Any]) -> None:

@@ -100,7 +100,7 @@ def build_app(
         ),
         shadow_max_in_flight=settings.server.shadow_max_in_flight,
     )
-    access = AccessPolicy.from_settings(settings.auth, settings.rate_limit, metrics)
+    access = AccessPolicy.from_settings(settings.auth, settings.rate_limit, metrics, settings.fairness)
     transports: list[Transport] = []
     if grpc and settings.grpc.enabled:
         transports.append(GrpcTransport(settings, service, metrics, access))

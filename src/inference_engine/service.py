@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -53,6 +53,7 @@ from inference_engine.registry import ModelRegistry
 from inference_engine.routing import ServedModel
 from inference_engine.runtime import ModelRuntime, ModelState
 from inference_engine.shadow import ShadowTraffic
+from inference_engine.tenancy import DEFAULT_CALLER, Caller
 
 __all__ = ["Embeddings", "InferenceService", "ModelRuntime", "ModelState", "Prediction", "Rows", "TextLimits"]
 
@@ -190,11 +191,13 @@ class InferenceService(ModelRegistry):
         deadline: float,
         request_id: str = "-",
         labels: Sequence[str] | None = None,
+        caller: Caller = DEFAULT_CALLER,
     ) -> Prediction:
         """Classify one encoded image with the model and version ``target`` routes to (a model
         name: a version by its traffic weights): with its own labels, or zero-shot ones.
 
-        Raises an ``EngineError`` on any failure. What the model returned is checked before it
+        ``caller``: the request's tenant and priority (its place in the fair queue). Raises an
+        ``EngineError`` on any failure. What the model returned is checked before it
         becomes an answer (its probabilities, or for zero-shot the embeddings ranked): NaN, infinity
         or a length other than the model declares fails this request with 500 ``model_failed``.
         """
@@ -213,13 +216,13 @@ class InferenceService(ModelRegistry):
         top_k = top_k or runtime.config.top_k
         with self._accounted(runtime):
             if ranker is None or labels is None:
-                run = await self.pipeline.image(runtime, handler, data, deadline, request_id)
+                run = await self.pipeline.image(runtime, handler, data, deadline, request_id, caller)
                 scores = output_tensor(handler, offered, "image", "probabilities", [run.output], runtime.name)
                 body = handler.postprocess(run.output, top_k=top_k)
                 self._mirror(model, route, handler, {"probabilities": scores}, images=[data], runs=[run])
             else:
                 run, label_embeddings = await both(
-                    self.pipeline.image(runtime, handler, data, deadline, request_id),
+                    self.pipeline.image(runtime, handler, data, deadline, request_id, caller),
                     self._label_embeddings(runtime, ranker, labels, deadline),
                 )
                 # Both sides of the ranking are model outputs: the image's embedding, and the
@@ -239,6 +242,7 @@ class InferenceService(ModelRegistry):
             queue_s=run.queue_s,
             inference_s=run.inference_s,
             batch_size=run.batch_size,
+            cached=_cached(runtime, [run]),
         )
 
     async def embed(
@@ -249,6 +253,7 @@ class InferenceService(ModelRegistry):
         texts: Sequence[str] = (),
         deadline: float,
         request_id: str = "-",
+        caller: Caller = DEFAULT_CALLER,
     ) -> Embeddings:
         """L2-normalised embeddings of several images or several texts (not both)."""
         rows = await self.run_rows(
@@ -258,6 +263,7 @@ class InferenceService(ModelRegistry):
             deadline=deadline,
             request_id=request_id,
             outputs=["embeddings"],
+            caller=caller,
         )
         return Embeddings(
             model=rows.model,
@@ -268,6 +274,7 @@ class InferenceService(ModelRegistry):
             queue_s=rows.queue_s,
             inference_s=rows.inference_s,
             batch_sizes=rows.batch_sizes,
+            cached=rows.cached,
         )
 
     async def run_rows(
@@ -281,6 +288,7 @@ class InferenceService(ModelRegistry):
         request_id: str = "-",
         outputs: Sequence[str] | None = None,
         prepared: Prepared | None = None,
+        caller: Caller = DEFAULT_CALLER,
     ) -> Rows:
         """The output tensors for several inputs of one kind, in order (the V2 protocol's rows).
 
@@ -307,20 +315,24 @@ class InferenceService(ModelRegistry):
         checker = offered.requiring_tensor_input(name) if tensors else None
         wanted = wanted or default_outputs(offered, modality)
         check_outputs(offered, modality, wanted, name)
+        pipeline = self.pipeline
+
+        def queued(item: Any) -> Awaitable[InputRun]:  # an input prepared already
+            return pipeline.submit(runtime, "image", item, 0.0, deadline, request_id, caller)
+
         with self._accounted(runtime):
             if images and prepared is not None and prepared.fits(handler):
-                items = prepared.items
-                work = [self.pipeline.submit(runtime, "image", i, 0.0, deadline, request_id) for i in items]
+                work = [queued(item) for item in prepared.items]
             elif images:
-                work = [self.pipeline.image(runtime, handler, d, deadline, request_id) for d in images]
+                work = [pipeline.image(runtime, handler, d, deadline, request_id, caller) for d in images]
             elif checker is not None:
                 size = sum(row.nbytes for row in tensors)
-                items = await self.pipeline.in_pool_if(size, tensor_items, checker, tensors)
-                work = [self.pipeline.submit(runtime, "image", i, 0.0, deadline, request_id) for i in items]
+                items = await pipeline.in_pool_if(size, tensor_items, checker, tensors)
+                work = [queued(item) for item in items]
             else:
                 assert encoder is not None
                 checked = [self.text_limits.check_text(text, "text") for text in texts]
-                work = [self.pipeline.text(runtime, encoder, [t], deadline, request_id) for t in checked]
+                work = [pipeline.text(runtime, encoder, [t], deadline, request_id, caller) for t in checked]
             runs = await gather_or_cancel(*work)
             # Built inside the accounting: a refused output (500 model_failed) counts as a failure.
             raw = [run.output for run in runs]
@@ -336,6 +348,7 @@ class InferenceService(ModelRegistry):
             queue_s=max(run.queue_s for run in runs),
             inference_s=max(run.inference_s for run in runs),
             batch_sizes=[run.batch_size for run in runs],
+            cached=_cached(runtime, runs) if images else None,
         )
 
     def _mirror(
@@ -405,3 +418,10 @@ class InferenceService(ModelRegistry):
                 return await runtime.label_cache.embeddings(labels, compute)
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within the request deadline ({runtime.name})") from None
+
+
+def _cached(runtime: ModelRuntime, runs: Sequence[InputRun]) -> bool | None:
+    """Whether every input was answered from the output cache; ``None`` where there is none."""
+    if runtime.reuse is None or runtime.reuse.cache is None:
+        return None
+    return all(run.cached for run in runs)

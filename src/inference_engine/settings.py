@@ -27,6 +27,7 @@ from pydantic_settings import (
 )
 
 from inference_engine.errors import ConfigError
+from inference_engine.tenancy import FairnessSettings
 
 ENV_PREFIX = "IE_"
 ENV_NESTED_DELIMITER = "__"
@@ -117,6 +118,10 @@ class BatchingSettings(_Section):
     being decoded. ``adaptive``: it waits (up to the same ceiling) only while inputs arrive
     faster than the per-batch part of a forward pass, or while the batch loop is saturated;
     otherwise it runs at once. One setting then suits a lone client, medium load and a backlog."""
+    admission: Literal["predictive", "queue_only"] = "predictive"
+    """``predictive``: refuse at once (503 ``deadline_unmeetable`` with Retry-After) an input
+    that the work ahead of it and the measured forward times say would be answered after its
+    deadline; ``queue_only``: refuse only when the queue is full (it may then time out, 504)."""
 
 
 class ImageSettings(_Section):
@@ -284,6 +289,8 @@ class Settings(BaseSettings):
     """Log level and format."""
     auth: AuthSettings = Field(default_factory=AuthSettings)
     """API keys."""
+    fairness: FairnessSettings = Field(default_factory=FairnessSettings)
+    """Tenants and priority classes."""
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
     """Per-client request rate limits."""
     urls: UrlSettings = Field(default_factory=UrlSettings)

@@ -30,6 +30,9 @@ class Batched(Protocol):
     @property
     def model_version(self) -> str: ...
 
+    @property
+    def cached(self) -> bool | None: ...
+
 
 async def off_loop(size: int, fn: Callable[..., T], *args: object) -> T:
     """``fn(*args)`` on a worker thread when ``size`` bytes make it worth it, else right here.

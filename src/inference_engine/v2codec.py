@@ -275,6 +275,17 @@ def decode_request(body: bytes, header_length: str | None) -> InferenceRequest:
     )
 
 
+def request_timeout_s(parameters: dict[str, Any]) -> float | None:
+    """The request's own timeout from its ``timeout`` parameter (microseconds, as Triton's),
+    in seconds; ``None`` when it gives none."""
+    raw = parameters.get("timeout")
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, int) or raw <= 0:
+        raise BadRequest("parameters.timeout must be a positive whole number of microseconds")
+    return raw / 1e6
+
+
 def decode_base64_elements(tensor: InputTensor) -> list[bytes]:
     """BYTES elements that arrived as JSON strings carry images as base64; raw ones are the images."""
     assert tensor.elements is not None

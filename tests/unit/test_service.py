@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from inference_engine.errors import (
-    DeadlineExceeded,
+    DeadlineUnmeetable,
     ModelNotFound,
     ModelNotReady,
     ShuttingDown,
@@ -83,7 +83,8 @@ async def test_infer_errors(service: InferenceService) -> None:
         await service.infer("explodes", GREEN, top_k=None, deadline=time.monotonic() + 5)
     with pytest.raises(UnsupportedMediaType):
         await service.infer("colour", b"%PDF-1.7", top_k=None, deadline=time.monotonic() + 5)
-    with pytest.raises(DeadlineExceeded):
+    # Predictive admission: a 300 ms forward pass cannot meet a 100 ms deadline; refused at once.
+    with pytest.raises(DeadlineUnmeetable, match="after this request's deadline"):
         await service.infer("slow", GREEN, top_k=None, deadline=time.monotonic() + 0.1)
 
 

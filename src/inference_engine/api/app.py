@@ -48,7 +48,9 @@ def create_app(
     transports: Sequence[Transport] = (),
 ) -> FastAPI:
     """The HTTP application; ``access`` is shared with the ``transports`` (one rate limit per key)."""
-    access = access or AccessPolicy.from_settings(settings.auth, settings.rate_limit, metrics)
+    access = access or AccessPolicy.from_settings(
+        settings.auth, settings.rate_limit, metrics, settings.fairness
+    )
     fetcher = ImageFetcher(settings.urls) if settings.urls.enabled else None
 
     watchdog = Watchdog(service, settings.watchdog)

@@ -80,7 +80,9 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
         else:
             kinds = {"texts": inputs}
         result = await call.answer(
-            service.embed(route, deadline=call.deadline, request_id=call.request_id, **kinds)
+            service.embed(
+                route, deadline=call.deadline, request_id=call.request_id, caller=call.caller, **kinds
+            )
         )
         size = len(result.vectors) * result.dimension * 4
         return await json_response(size, _answer, result, body, inputs)

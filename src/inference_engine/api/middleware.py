@@ -98,6 +98,8 @@ class RequestContextMiddleware:
                 headers.append((b"x-request-id", ctx.request_id.encode("latin-1")))
                 if ctx.version is not None and status < 400:
                     headers.append((b"x-model-version", ctx.version.encode("latin-1")))
+                if ctx.cached is not None and status < 400:
+                    headers.append((b"x-cache", b"hit" if ctx.cached else b"miss"))
                 own = {key.lower() for key, _ in headers if key.lower() in _OWN_HEADERS}
                 headers.extend(h for h in _SECURITY_HEADERS if h[0] not in own)
                 if not scope["path"].startswith(_CSP_EXEMPT) and _CSP[0] not in own:

@@ -25,6 +25,7 @@ from inference_engine.api.payload import capped_stream
 from inference_engine.errors import BadRequest, ClientDisconnected, DeadlineExceeded
 from inference_engine.logging import RequestContext, current_request
 from inference_engine.settings import ServerSettings
+from inference_engine.tenancy import Caller
 from inference_engine.transport import MAX_ROUTING_KEY, Batched, off_loop
 
 T = TypeVar("T")
@@ -82,9 +83,20 @@ class InferenceCall:
         unknown model is a 404 whatever its timeout header says."""
         return self.ctx.started + request_timeout_s(self.request, self.server)
 
+    def limit_timeout(self, seconds: float) -> None:
+        """A timeout the request carries in its body (V2's ``timeout`` parameter), capped as the
+        header is; the earlier deadline of the two wins."""
+        own = self.ctx.started + min(seconds, self.server.max_request_timeout_s)
+        self.deadline = min(self.deadline, own)
+
     @property
     def request_id(self) -> str:
         return self.ctx.request_id
+
+    @property
+    def caller(self) -> Caller:
+        """Its tenant and priority, as access control found them (the fair queue's key)."""
+        return self.ctx.caller
 
     def routed(self, route: Route) -> Route:
         """Record the (known) model and version this request goes to; they become metric labels
@@ -125,6 +137,7 @@ class InferenceCall:
         result = await until_disconnect(work, self.request.receive)
         self.ctx.batch_size = result.batch_size
         self.ctx.version = result.model_version  # re-routed if its version retired meanwhile
+        self.ctx.cached = result.cached
         return result
 
 

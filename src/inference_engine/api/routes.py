@@ -119,6 +119,7 @@ def format_prediction(prediction: Prediction, request_id: str, total_s: float) -
         "model_version": prediction.model_version,
         "request_id": request_id,
         **prediction.body,
+        **({} if prediction.cached is None else {"cached": prediction.cached}),
         "timings_ms": {
             "preprocess": round(prediction.preprocess_s * 1000, 3),
             "queue": round(prediction.queue_s * 1000, 3),
@@ -136,6 +137,7 @@ def format_embeddings(embeddings: Embeddings, request_id: str, total_s: float) -
         "modality": embeddings.modality,
         "dimension": embeddings.dimension,
         "embeddings": embeddings.vectors,  # numpy rows: json_response writes them from their buffers
+        **({} if embeddings.cached is None else {"cached": embeddings.cached}),
         "timings_ms": {
             "preprocess": round(embeddings.preprocess_s * 1000, 3),
             "queue": round(embeddings.queue_s * 1000, 3),
@@ -161,7 +163,7 @@ def build_router(
         call = InferenceCall(request, server)
         # 404 before reading a body for an unknown model or version; 503 when it cannot take it.
         route = call.routed(service.route(name, version, call.routing_key))
-        service.admit(route)
+        service.admit(route, call.deadline, call.caller)  # one image: its deadline can be judged now
         body = await call.read(
             read_image_request(request, server.max_body_bytes, fetcher),
             "the image did not arrive within the request deadline",
@@ -174,6 +176,7 @@ def build_router(
                 top_k=top_k,
                 deadline=call.deadline,
                 request_id=call.request_id,
+                caller=call.caller,
                 labels=labels,
             )
         )
@@ -235,6 +238,7 @@ def build_router(
                 texts=body.texts,
                 deadline=call.deadline,
                 request_id=call.request_id,
+                caller=call.caller,
             )
         )
         size = len(embeddings.vectors) * embeddings.dimension * 4

@@ -28,6 +28,7 @@ from inference_engine.v2codec import (
     encode_response,
     metadata_inputs,
     output_tensors,
+    request_timeout_s,
     requested_outputs,
     service_arguments,
 )
@@ -156,11 +157,15 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
         service.admit(route)
         body = await call.body()
         decoded, rows_kwargs = await off_loop(len(body), decode, body, request.headers.get(HEADER_LENGTH))
+        timeout_s = request_timeout_s(decoded.parameters)
+        if timeout_s is not None:
+            call.limit_timeout(timeout_s)
         rows = await call.answer(
             service.run_rows(
                 route,
                 deadline=call.deadline,
                 request_id=call.request_id,
+                caller=call.caller,
                 outputs=requested_outputs(decoded),
                 **rows_kwargs,
             )

@@ -20,15 +20,18 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from opentelemetry import trace
 
 from inference_engine.batching.delay import BatchDelay, DelayMode
+from inference_engine.batching.forecast import CompletionForecast
+from inference_engine.batching.forward import ForwardTimes
 from inference_engine.batching.queue import BatchQueue, WorkItem
 from inference_engine.batching.worker import ModelWorker
 from inference_engine.errors import (
     DeadlineExceeded,
+    DeadlineUnmeetable,
     EngineError,
     ModelFailed,
     ModelNotReady,
@@ -36,9 +39,12 @@ from inference_engine.errors import (
     ShuttingDown,
 )
 from inference_engine.metrics import Metrics
+from inference_engine.tenancy import DEFAULT_CALLER, Caller
 
 ItemT = TypeVar("ItemT")
 OutputT = TypeVar("OutputT")
+
+AdmissionMode = Literal["predictive", "queue_only"]
 
 PredictFn = Callable[[list[ItemT]], Sequence[OutputT | BaseException]]
 
@@ -56,6 +62,8 @@ class BatchPolicy:
     max_queue_size: int
     #: ``adaptive``: wait for more inputs only while the measurements say it pays (:mod:`.delay`).
     batch_delay: DelayMode = "fixed"
+    #: ``predictive``: refuse an input its deadline cannot be met for (:mod:`.forecast`).
+    admission: AdmissionMode = "queue_only"
 
 
 @dataclass(frozen=True)
@@ -106,13 +114,22 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         self._metrics = metrics
         depth_gauge = metrics.queue_depth.labels(model, version)
         self._queue: BatchQueue[ItemT] = BatchQueue(policy.max_queue_size, depth_gauge.set)
-        self.delay = BatchDelay(policy.max_batch_delay_ms / 1000.0, policy.batch_delay)
+        #: Forward time per batch size: the delay's and the admission forecast's measurements.
+        self.forward = ForwardTimes()
+        self.delay = BatchDelay(policy.max_batch_delay_ms / 1000.0, policy.batch_delay, self.forward)
+        self.forecast = CompletionForecast(self.forward, policy.max_batch_size, len(self._instances))
         self._delay_gauge = metrics.batch_delay.labels(model, version)
         self._delay_gauge.set(self.delay.max_delay_s)
         self._tasks: list[asyncio.Task[None]] = []
         # Per loop, the items it has taken off the queue: the batch it forms or runs. Out of
         # the queue, they would be out of reach of a stop if nobody kept them here.
         self._held: dict[int, list[WorkItem[ItemT]]] = {}
+        # Per loop running a forward pass now: (batch size, when it started).
+        self._running: dict[int, tuple[int, float]] = {}
+        self._refused = metrics.admission_refusals
+        self._prediction_error = metrics.admission_prediction_error.labels(model, version)
+        self._predicted_early = metrics.admission_predictions.labels(model, version, "early")
+        self._predicted_late = metrics.admission_predictions.labels(model, version, "late")
         self._accepting = False
         self._throughput = 0.0  # items per second, smoothed; feeds Retry-After
         self._progress = asyncio.Event()  # set whenever queued work is consumed (drain waits on it)
@@ -198,21 +215,52 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
     def _pending_inputs(self) -> int:
         return self._incoming
 
-    def check_room(self, count: int = 0) -> None:
-        """Refuse (503 ``queue_full``) an input the queue will not have room for, before any work.
+    def check_room(
+        self, count: int = 0, *, deadline: float | None = None, caller: Caller = DEFAULT_CALLER,
+    ) -> None:  # fmt: skip
+        """Refuse an input at once, before any work on it: 503 ``queue_full`` when the queue will
+        not have room for it, 503 ``deadline_unmeetable`` when (with ``admission: predictive``)
+        it would not be answered by ``deadline``.
 
         Inputs being prepared (announced by :meth:`incoming`) count as queued: they will be,
         and letting in more than the queue holds only moves the wait, and its decoding CPU,
         in front of the queue, where it slows the model down for the requests that do fit.
-        ``count`` more inputs not yet announced are counted too.
+        ``count`` more inputs not yet announced are counted too. A tenant under its weighted
+        share of the queue is let in even when it is full (see :class:`.BatchQueue`).
         """
         if not self._accepting:
             raise ShuttingDown(f"model {self.model} is not accepting requests (shutting down)")
-        if len(self._queue) + self._incoming + count > self.policy.max_queue_size:
+        if not self._queue.has_room(caller.tenant, caller.weight, extra=self._incoming + count - 1):
+            self._refused.labels(self.model, self.version, "queue_full").inc()
             raise QueueFull(
                 f"the queue is full ({self.policy.max_queue_size} requests waiting); retry shortly",
                 retry_after_s=self.retry_after_s(),
             )
+        if deadline is not None:
+            self._predict(deadline, caller)
+
+    def _predict(self, deadline: float, caller: Caller) -> float | None:
+        """When an input of ``caller`` queued now would be answered (``time.monotonic()``);
+        raises ``DeadlineUnmeetable`` past ``deadline`` under predictive admission."""
+        if self.policy.admission != "predictive":
+            return None
+        now = time.monotonic()
+        forming = sum(len(batch) for index, batch in self._held.items() if index not in self._running)
+        ahead = self._queue.ahead_of(caller.tenant, caller.weight, caller.priority) + forming
+        running = [(size, now - started) for size, started in self._running.values()]
+        seconds = self.forecast.seconds_until_answer(ahead, running)
+        if seconds is None:
+            return None
+        if now + seconds > deadline:
+            self._refused.labels(self.model, self.version, "deadline").inc()
+            budget_ms = max(0.0, deadline - now) * 1000
+            raise DeadlineUnmeetable(
+                f"model {self.model} would answer in about {seconds * 1000:.0f} ms ({ahead} inputs "
+                f"ahead), after this request's deadline ({budget_ms:.0f} ms left); retry later or "
+                "with a longer X-Request-Timeout-Ms",
+                retry_after_s=now + seconds - deadline,
+            )
+        return now + seconds
 
     def submit(
         self,
@@ -221,16 +269,26 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         deadline: float,
         request_id: str = "-",
         span_context: trace.SpanContext | None = None,
+        caller: Caller = DEFAULT_CALLER,
     ) -> asyncio.Future[Any]:
         """Queue one item; the returned future resolves to a :class:`BatchResult`.
 
-        Raises ``QueueFull`` at once when the queue is full, ``ShuttingDown`` while draining.
+        Raises ``QueueFull`` at once when the queue is full, ``DeadlineUnmeetable`` when
+        predictive admission finds it would miss ``deadline``, ``ShuttingDown`` while draining.
         """
         if not self._accepting:
             raise ShuttingDown(f"model {self.model} is not accepting requests (shutting down)")
+        predicted_at = self._predict(deadline, caller)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        item = WorkItem(payload, future, deadline, request_id, span_context=span_context)
-        self._queue.put(item, retry_after_s=self.retry_after_s())
+        item = WorkItem(
+            payload, future, deadline, request_id, span_context=span_context, tenant=caller.tenant,
+            weight=caller.weight, priority=caller.priority, predicted_at=predicted_at,
+        )  # fmt: skip
+        try:
+            self._queue.put(item, retry_after_s=self.retry_after_s())
+        except QueueFull:
+            self._refused.labels(self.model, self.version, "queue_full").inc()
+            raise
         self.delay.arrived(item.enqueued_at)
         return future
 
@@ -277,9 +335,11 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
                     into=batch,
                 )
                 self.delay.idled(max(0.0, batch[0].enqueued_at - waiting_since))
+                self._running[index] = (len(batch), time.monotonic())
                 try:
                     await self._run_batch(worker, predict, batch)
                 finally:
+                    del self._running[index]
                     self._progress.set()
         except BaseException as exc:  # cancelled (abort, drain) or a bug: leave no item behind
             error = self._stop_error(exc)
@@ -359,11 +419,19 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
                    "queue_wait_ms": round(max(waits) * 1000, 2), "inference_ms": round(elapsed * 1000, 2),
                    "request_ids": [item.request_id for item in batch]},
         )  # fmt: skip
+        answered = time.monotonic()
         for item, wait, output in zip(batch, waits, outputs, strict=True):
             if isinstance(output, BaseException):
                 _set_exception(item, self._item_failure(output, item))
             else:
+                if item.predicted_at is not None:
+                    self._scored(answered - item.predicted_at)
                 _set_result(item, BatchResult(output, wait, elapsed, len(batch), batch_id))
+
+    def _scored(self, error_s: float) -> None:
+        """How far off the answer-time prediction of one admitted input was."""
+        self._prediction_error.observe(abs(error_s))
+        (self._predicted_late if error_s > 0 else self._predicted_early).inc()
 
     def _item_failure(self, exc: BaseException, item: WorkItem[Any]) -> BaseException:
         if isinstance(exc, EngineError):

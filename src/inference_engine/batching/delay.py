@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from typing import Literal
 
+from inference_engine.batching.forward import ALPHA as _ALPHA
+from inference_engine.batching.forward import ForwardTimes
+
 DelayMode = Literal["fixed", "adaptive"]
 
-#: Weight of the newest sample in the moving averages: adapts within tens of batches.
-_ALPHA = 0.2
 #: A gap longer than this is an idle spell, not a rate: it restarts the average.
 _IDLE_GAP_S = 1.0
 #: Busy at least this share of the time, the batch loop is saturated: a backlog is building,
@@ -39,13 +40,15 @@ SATURATED = 0.9
 class BatchDelay:
     """The wait for one more input of one batcher; fed by :meth:`arrived` and :meth:`ran`."""
 
-    def __init__(self, max_delay_s: float, mode: DelayMode = "fixed") -> None:
+    def __init__(
+        self, max_delay_s: float, mode: DelayMode = "fixed", forward: ForwardTimes | None = None
+    ) -> None:
         self.max_delay_s = max_delay_s
         self.mode: DelayMode = mode
+        #: Forward time by batch size; shared with the admission forecast, fed by :meth:`ran`.
+        self.forward = forward or ForwardTimes()
         self._last_arrival: float | None = None
         self._gap_s: float | None = None
-        self._forward_s: dict[int, float] = {}
-        self._overhead_s: float | None = None  # refitted after each forward pass, read per wait
         self._idle_s = 0.0
         self._busy: float | None = None
 
@@ -67,9 +70,7 @@ class BatchDelay:
 
     def ran(self, size: int, seconds: float) -> None:
         """A forward pass of ``size`` inputs took ``seconds`` (after the idle time last reported)."""
-        previous = self._forward_s.get(size)
-        self._forward_s[size] = seconds if previous is None else previous + _ALPHA * (seconds - previous)
-        self._overhead_s = self._fit_overhead()
+        self.forward.observe(size, seconds)
         busy = seconds / (seconds + self._idle_s) if seconds + self._idle_s > 0 else 1.0
         self._busy = busy if self._busy is None else self._busy + _ALPHA * (busy - self._busy)
         self._idle_s = 0.0
@@ -86,19 +87,7 @@ class BatchDelay:
 
     def batch_overhead_s(self) -> float | None:
         """The fixed cost of one forward pass, whatever its size (None until two sizes ran)."""
-        return self._overhead_s
-
-    def _fit_overhead(self) -> float | None:
-        """The intercept of the least-squares line through each batch size's forward time."""
-        if len(self._forward_s) < 2:
-            return None
-        sizes = list(self._forward_s)
-        times = [self._forward_s[size] for size in sizes]
-        mean_size = sum(sizes) / len(sizes)
-        mean_time = sum(times) / len(times)
-        spread = sum((size - mean_size) ** 2 for size in sizes)
-        slope = sum((s - mean_size) * (t - mean_time) for s, t in zip(sizes, times, strict=True)) / spread
-        return max(0.0, mean_time - slope * mean_size)
+        return self.forward.overhead_s()
 
     def wait_s(self) -> float:
         """How long a forming batch with no input queued behind it waits for another.
@@ -107,7 +96,7 @@ class BatchDelay:
         """
         if self.mode == "fixed":
             return self.max_delay_s
-        overhead = self._overhead_s
+        overhead = self.forward.overhead_s()
         gap = self._gap_s
         if overhead is None or gap is None or self._busy is None:
             return self.max_delay_s  # still learning: behave as the fixed delay

@@ -45,6 +45,22 @@ class PreprocessingConfig(BaseModel):
         return crop
 
 
+class CacheConfig(BaseModel):
+    """Re-using answers for identical pixels: an output cache and merged duplicates in flight."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    enabled: bool = False
+    """Keep this model's outputs in an LRU keyed by a hash of the pre-processed input tensor (and
+    the model, version and input kind): a photo sent again, or re-encoded to the same pixels
+    (PNG for JPEG), is answered without queueing or a forward pass."""
+    max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """Bound on the outputs held (their array bytes); the least recently used go past it."""
+    merge_in_flight: bool = False
+    """Inputs identical to one already queued or running share its forward pass and answer
+    (singleflight); each caller keeps its own deadline and cancellation."""
+
+
 class _ModelFields(BaseModel):
     """What ``model.yaml`` and the resolved configuration share."""
 
@@ -83,6 +99,17 @@ class _ModelFields(BaseModel):
     """Image pre-processing."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Handler-specific settings."""
+    deterministic: bool = True
+    """The same input always gives the same output. ``false`` (a model that samples) forbids
+    ``cache``: a cached or shared answer would hide the variation the model is for."""
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    """Answers re-used for identical pixels (off by default)."""
+
+    @model_validator(mode="after")
+    def _cache_needs_determinism(self) -> Any:
+        if not self.deterministic and (self.cache.enabled or self.cache.merge_in_flight):
+            raise ValueError("cache.enabled and cache.merge_in_flight need deterministic: true")
+        return self
 
 
 class VersionPolicy(BaseModel):
@@ -170,6 +197,8 @@ class ModelFile(_ModelFields):
     """Overrides ``batching.max_queue_size`` for this model."""
     batch_delay: Literal["fixed", "adaptive"] | None = None
     """Overrides ``batching.batch_delay`` for this model."""
+    admission: Literal["predictive", "queue_only"] | None = None
+    """Overrides ``batching.admission`` for this model."""
     cuda: CudaOverrides | None = None
     """Values that replace the ones above when the model runs on CUDA (``device: cuda``, ``cuda:N``,
     or ``auto`` on a machine with a GPU): ``max_batch_size``, ``max_batch_delay_ms``,
@@ -192,3 +221,6 @@ class ModelConfig(_ModelFields):
     batch_delay: Literal["fixed", "adaptive"] = "adaptive"
     """How a forming batch's wait is chosen: ``fixed`` (``max_batch_delay_ms``) or ``adaptive``
     (from the measured arrival gap and per-batch cost, within ``max_batch_delay_ms``)."""
+    admission: Literal["predictive", "queue_only"] = "predictive"
+    """``predictive``: refuse at once an input predicted to miss its deadline; ``queue_only``:
+    refuse only when the queue is full."""

@@ -160,6 +160,7 @@ def settle(config: ModelFile, defaults: BatchingSettings, cuda_available: bool |
     )
     settled["max_queue_size"] = config.max_queue_size or defaults.max_queue_size
     settled["batch_delay"] = config.batch_delay or defaults.batch_delay
+    settled["admission"] = config.admission or defaults.admission
     return ModelConfig.model_validate(settled)
 
 

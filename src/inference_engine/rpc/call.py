@@ -32,6 +32,7 @@ from inference_engine.metrics import Metrics
 from inference_engine.requestid import RequestIds
 from inference_engine.rpc.status import Metadata, error_metadata, http_status, status_code
 from inference_engine.settings import ServerSettings
+from inference_engine.tenancy import Caller
 from inference_engine.transport import MAX_ROUTING_KEY, Batched
 
 T = TypeVar("T")
@@ -89,6 +90,12 @@ class RpcCall:
     def answered(self, result: Batched) -> None:
         self.ctx.batch_size = result.batch_size
         self.ctx.version = result.model_version
+        self.ctx.cached = result.cached
+
+    @property
+    def caller(self) -> Caller:
+        """Its tenant and priority, as access control found them."""
+        return self.ctx.caller
 
 
 @dataclass
@@ -158,6 +165,8 @@ class Calls:
                     )
                 if call.ctx.version is not None:
                     trailing += (("x-model-version", call.ctx.version),)
+                if call.ctx.cached is not None:
+                    trailing += (("x-cache", "hit" if call.ctx.cached else "miss"),)
                 context.set_trailing_metadata(trailing + call.limits)
                 assert result is not None
                 return result
@@ -186,7 +195,12 @@ class Calls:
         raised. A cancelled call (the client went away, or its deadline passed) stays cancelled."""
         key = bearer_or_api_key(call.metadata.get("authorization", ""), call.metadata.get("x-api-key", ""))
         try:
-            decision = await self.access.check(key, peer_address(peer), operational=operational, admin=admin)
+            grant = await self.access.check(
+                key, peer_address(peer), operational=operational, admin=admin,
+                priority=call.metadata.get("x-priority"),
+            )  # fmt: skip
+            call.ctx.caller = grant.caller
+            decision = grant.decision
             if decision is not None:
                 call.limits = tuple((k.lower(), v) for k, v in decision.headers().items())
             return await work(call), Outcome()

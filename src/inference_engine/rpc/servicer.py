@@ -93,6 +93,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
             route,
             deadline=call.deadline,
             request_id=call.request_id,
+            caller=call.caller,
             outputs=requested_outputs(decoded),
             **service_arguments(decoded),
         )

@@ -1,0 +1,58 @@
+"""When would a new input be answered? The prediction deadline-aware admission acts on.
+
+Every peer admits a request first and finds out later, in the queue, that it missed its
+deadline: it then holds a queue slot, maybe decoding CPU, and at worst a place in a forward
+pass, only to fail with 504. Here the batcher predicts, before taking an input, when it would
+finish, from what is ahead of it and the measured forward time per batch size
+(:class:`~.forward.ForwardTimes`):
+
+* the batches running now finish when their expected time is up;
+* the inputs ahead of it (queued, being prepared, or in a batch still forming) leave in full
+  batches, each on the first instance free;
+* its own batch then runs, at the size it would have with the inputs ahead of it in it.
+
+A new input whose deadline is earlier than that is refused at once (503 with ``Retry-After``:
+the time until the backlog ahead would have shrunk enough) instead of queueing to time out.
+The prediction ignores the batch delay (a backlog closes batches at once) and inputs still to
+arrive (they queue behind it); every admitted input's prediction is compared with when it was
+actually answered, and the error is exported, so an operator can see how far to trust it.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable
+
+from inference_engine.batching.forward import ForwardTimes
+
+
+class CompletionForecast:
+    """Predicts the answer time of a new input for one batcher."""
+
+    def __init__(self, forward: ForwardTimes, max_batch_size: int, instances: int) -> None:
+        self.forward = forward
+        self.max_batch_size = max_batch_size
+        self.instances = max(1, instances)
+
+    def seconds_until_answer(
+        self, ahead: int, running: Iterable[tuple[int, float]], prepare_s: float = 0.0
+    ) -> float | None:
+        """Seconds from now until an input with ``ahead`` inputs in front of it is answered.
+
+        ``running``: ``(batch size, seconds it has run)`` of each batch in a forward pass now;
+        ``prepare_s``: the time it still needs before it can be queued (decoding), during which
+        the work ahead of it goes on. None while no forward pass has been measured.
+        """
+        full = self.forward.estimate(self.max_batch_size)
+        if full is None:
+            return None
+        free_at = [0.0] * self.instances
+        for index, (size, elapsed) in enumerate(running):
+            expected = self.forward.estimate(size) or full
+            free_at[index % self.instances] = max(free_at[index % self.instances], expected - elapsed, 0.0)
+        heapq.heapify(free_at)
+        whole_batches, place = divmod(max(ahead, 0), self.max_batch_size)
+        for _ in range(whole_batches):
+            heapq.heappush(free_at, heapq.heappop(free_at) + full)
+        mine = self.forward.estimate(place + 1) or full
+        return max(heapq.heappop(free_at), prepare_s) + mine

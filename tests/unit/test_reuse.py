@@ -1,0 +1,178 @@
+"""Re-used answers: the pixel digest, the byte-bounded LRU, and singleflight merging."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from inference_engine.errors import DeadlineExceeded
+from inference_engine.metrics import Metrics
+from inference_engine.models.config import CacheConfig
+from inference_engine.reuse import (
+    ENTRY_OVERHEAD_BYTES,
+    Flights,
+    OutputCache,
+    Reuse,
+    output_bytes,
+    pixel_digest,
+)
+
+LABELS = ("m", "1")
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, {"model": "m", "version": "1", **labels})
+    return value or 0.0
+
+
+def test_the_digest_follows_the_pixels_not_the_container() -> None:
+    pixels = np.arange(12, dtype=np.float32).reshape(3, 2, 2)
+    assert pixel_digest(pixels) == pixel_digest(pixels.copy())
+    assert pixel_digest(pixels) == pixel_digest(torch.from_numpy(pixels.copy()))
+    assert pixel_digest(np.asfortranarray(pixels)) == pixel_digest(pixels)  # same values, other layout
+    changed = pixels.copy()
+    changed[0, 0, 0] += 1e-3
+    assert pixel_digest(changed) != pixel_digest(pixels)
+    assert pixel_digest(pixels.astype(np.float16)) != pixel_digest(pixels)  # dtype is part of it
+    assert pixel_digest(pixels.reshape(2, 3, 2)) != pixel_digest(pixels)  # and the shape
+    assert pixel_digest({"pixel_values": pixels, "mask": [pixels]}) is not None
+    assert pixel_digest(object()) is None
+    assert pixel_digest({"text": "a photo"}) is None  # nothing it can hash: no re-use
+
+
+def test_the_lru_stays_within_its_bytes_and_counts_hits(metrics: Metrics) -> None:
+    row = np.zeros(256, dtype=np.float32)  # 1 KiB
+    size = output_bytes(row)
+    assert size == 1024 + ENTRY_OVERHEAD_BYTES
+    cache = OutputCache(size * 3, LABELS, metrics)
+    for index in range(3):
+        cache.put(("image", bytes([index])), row.copy())
+    assert cache.get(("image", b"\x00")) is not None  # now the most recently used
+    cache.put(("image", b"\x03"), row.copy())  # evicts the least recently used: 1
+    assert cache.get(("image", b"\x01")) is None
+    assert cache.get(("image", b"\x00")) is not None and len(cache) == 3
+    assert cache.bytes <= cache.max_bytes
+    assert sample(metrics, "inference_engine_cache_lookups_total", result="hit") == 2
+    assert sample(metrics, "inference_engine_cache_lookups_total", result="miss") == 1
+    assert sample(metrics, "inference_engine_cache_evictions_total") == 1
+    assert sample(metrics, "inference_engine_cache_bytes") == cache.bytes
+
+
+def test_entries_are_read_only_and_oversized_outputs_are_not_kept(metrics: Metrics) -> None:
+    cache = OutputCache(4096, LABELS, metrics)
+    cache.put(("image", b"a"), np.ones(4, dtype=np.float32))
+    stored = cache.get(("image", b"a"))
+    assert isinstance(stored, np.ndarray)
+    with pytest.raises(ValueError, match="read-only"):
+        stored[0] = 5.0  # an entry answers many requests: nobody may change it
+    cache.put(("image", b"big"), np.ones(10_000, dtype=np.float32))
+    assert cache.get(("image", b"big")) is None
+
+
+def test_ten_thousand_distinct_outputs_stay_within_the_bound(metrics: Metrics) -> None:
+    cache = OutputCache(1_000_000, LABELS, metrics)
+    for index in range(10_000):
+        cache.put(("image", index.to_bytes(4, "big")), np.full(1000, index, dtype=np.float32))
+    assert cache.bytes <= 1_000_000
+    assert len(cache) == 1_000_000 // output_bytes(np.zeros(1000, dtype=np.float32))
+    assert cache.get(("image", (9_999).to_bytes(4, "big"))) is not None  # the newest stay
+
+
+async def test_identical_inputs_in_flight_share_one_run(metrics: Metrics) -> None:
+    flights = Flights(LABELS, metrics)
+    runs = 0
+    release = asyncio.Event()
+
+    async def work() -> str:
+        nonlocal runs
+        runs += 1
+        await release.wait()
+        return "answer"
+
+    deadline = time.monotonic() + 5
+    callers = [asyncio.create_task(flights.run(("image", b"k"), work, deadline)) for _ in range(32)]
+    await asyncio.sleep(0.01)
+    release.set()
+    assert await asyncio.gather(*callers) == ["answer"] * 32
+    assert runs == 1 and len(flights) == 0
+    assert sample(metrics, "inference_engine_merged_inputs_total") == 31
+
+
+async def test_each_caller_keeps_its_own_deadline_and_cancellation(metrics: Metrics) -> None:
+    flights = Flights(LABELS, metrics)
+    started = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def work() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(0.3)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "answer"
+
+    patient = asyncio.create_task(flights.run(("image", b"k"), work, time.monotonic() + 5))
+    await started.wait()
+    with pytest.raises(DeadlineExceeded):  # an impatient caller leaves at its own deadline
+        await flights.run(("image", b"k"), work, time.monotonic() + 0.05)
+    leaving = asyncio.create_task(flights.run(("image", b"k"), work, time.monotonic() + 5))
+    await asyncio.sleep(0.01)
+    leaving.cancel()  # its client went away
+    assert await patient == "answer"  # the shared run went on for the caller still waiting
+    assert not cancelled.is_set()
+
+
+async def test_the_shared_run_stops_when_its_last_caller_leaves(metrics: Metrics) -> None:
+    flights = Flights(LABELS, metrics)
+    cancelled = asyncio.Event()
+
+    async def work() -> str:
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return "never"
+
+    only = asyncio.create_task(flights.run(("image", b"k"), work, time.monotonic() + 5))
+    await asyncio.sleep(0.01)
+    only.cancel()
+    await asyncio.wait_for(cancelled.wait(), 1.0)  # its batch slot given back
+    await asyncio.sleep(0)
+    assert len(flights) == 0
+
+
+async def test_a_caller_with_time_left_runs_again_when_the_shared_run_timed_out(metrics: Metrics) -> None:
+    flights = Flights(LABELS, metrics)
+    calls = 0
+
+    async def work() -> str:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await asyncio.sleep(0.05)
+            raise DeadlineExceeded("the starter's deadline passed in the queue")
+        return "second run"
+
+    starter = asyncio.create_task(flights.run(("image", b"k"), work, time.monotonic() + 0.05))
+    await asyncio.sleep(0.01)
+    joiner = asyncio.create_task(flights.run(("image", b"k"), work, time.monotonic() + 5))
+    with pytest.raises(DeadlineExceeded):
+        await starter
+    assert await joiner == "second run" and calls == 2
+
+
+def test_reuse_builds_what_its_section_asks(metrics: Metrics) -> None:
+    assert Reuse(CacheConfig(enabled=True), LABELS, metrics).flights is None
+    both = Reuse(CacheConfig(enabled=True, merge_in_flight=True, max_bytes=2048), LABELS, metrics)
+    assert both.cache is not None and both.cache.max_bytes == 2048 and both.flights is not None
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
