@@ -44,7 +44,10 @@ def pixel_digest(item: Any) -> bytes | None:
     """SHA-256 of a pre-processed input (arrays, tensors, or mappings and sequences of them),
     over dtype, shape and bytes; ``None`` for a kind of input it cannot hash (no re-use then)."""
     digest = hashlib.sha256()
-    return digest.digest() if _feed(digest, item) else None
+    try:
+        return digest.digest() if _feed(digest, item) else None
+    except (TypeError, RuntimeError):  # a tensor numpy cannot hold (bfloat16): no re-use
+        return None
 
 
 def _feed(digest: Any, item: Any) -> bool:

@@ -39,11 +39,12 @@ logger = logging.getLogger("inference_engine.server")
 
 def check_settings(settings: Settings) -> None:
     """Refuse settings that validate one by one but cannot work together."""
-    if settings.auth.enabled and not settings.auth.api_key_hashes:
+    if settings.auth.enabled and not (settings.auth.api_key_hashes or settings.fairness.key_hashes()):
         raise ConfigError(
-            "invalid configuration:\n  auth.enabled is true but auth.api_key_hashes is empty, so no "
-            "request could be served; set IE_AUTH__API_KEY_HASHES='[\"<sha256>\"]' "
-            "(inference-engine auth hash-key KEY prints one) or IE_AUTH__ENABLED=false"
+            "invalid configuration:\n  auth.enabled is true but auth.api_key_hashes is empty (and no "
+            "fairness tenant names a key), so no request could be served; set "
+            "IE_AUTH__API_KEY_HASHES='[\"<sha256>\"]' (inference-engine auth hash-key KEY prints one) "
+            "or IE_AUTH__ENABLED=false"
         )
     server = settings.server
     if server.shutdown_delay_s > server.drain_timeout_s:

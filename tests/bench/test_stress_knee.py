@@ -286,5 +286,5 @@ async def test_a_step_accounts_for_every_request_due_in_its_window() -> None:
     assert set(made.statuses) == {200, 503} and abs(made.ok - made.shed) <= made.total // 2
     # The same canned counters at both edges: nothing grew on the server's side.
     assert made.server["statuses"] == {} and made.server["errors"] == {} and made.server["ok_rps"] == 0
-    assert math.isnan(made.server["p99_all_ms"]) and made.server["seconds"] >= 0.3
+    assert math.isnan(made.server["p99_all_ms"]) and made.server["seconds"] >= 0.3 - 0.005  # clock grain
     assert math.isnan(made.server["server_cores"]) and made.server["loadgen_cores"] > 0

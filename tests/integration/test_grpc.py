@@ -46,7 +46,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # Slow, two inputs a batch: what queues behind a running forward pass runs together.
     add_colour_model(repo, "paired", delay_s=0.5, settings={"max_batch_size": 2})
     # One forward pass takes 0.3 s and two inputs may wait: overload and deadlines.
-    add_colour_model(repo, "narrow", delay_s=0.3, settings={"max_batch_size": 1, "max_queue_size": 2})
+    # queue_only: its calls reach their deadline in the queue (predictive admission would refuse
+    # them at once: tests/integration/test_admission.py).
+    narrow = {"max_batch_size": 1, "max_queue_size": 2, "admission": "queue_only"}
+    add_colour_model(repo, "narrow", delay_s=0.3, settings=narrow)
     limited = hash_key(LIMITED)
     process = ServerProcess(
         repo,

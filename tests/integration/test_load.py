@@ -50,10 +50,18 @@ def test_100_concurrent_requests_are_all_answered_in_batches(server: ServerProce
 @pytest.fixture(scope="module")
 def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     repo: Path = tmp_path_factory.mktemp("slow-repository")
+    # The queue's own refusals and drops, without predictive admission (which would refuse most of
+    # these requests at once for their deadline: tests/integration/test_admission.py).
+    only_queue = {"admission": "queue_only"}
     add_colour_model(
-        repo, "slow_small_queue", delay_s=0.3, settings={"max_batch_size": 2, "max_queue_size": 4}
+        repo,
+        "slow_small_queue",
+        delay_s=0.3,
+        settings={"max_batch_size": 2, "max_queue_size": 4, **only_queue},
     )
-    add_colour_model(repo, "slow", delay_s=0.3, settings={"max_batch_size": 2, "max_queue_size": 200})
+    add_colour_model(
+        repo, "slow", delay_s=0.3, settings={"max_batch_size": 2, "max_queue_size": 200, **only_queue}
+    )
     process = ServerProcess(repo, env={"IE_SERVER__REQUEST_TIMEOUT_S": "1.0"})
     process.start(tmp_path_factory.mktemp("slow-logs") / "server.log")
     yield process

@@ -176,3 +176,7 @@ def test_reuse_builds_what_its_section_asks(metrics: Metrics) -> None:
 @pytest.fixture
 def metrics() -> Metrics:
     return Metrics()
+
+
+def test_a_tensor_numpy_cannot_hold_is_not_hashed() -> None:
+    assert pixel_digest(torch.zeros(3, dtype=torch.bfloat16)) is None

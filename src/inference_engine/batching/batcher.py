@@ -20,18 +20,17 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from opentelemetry import trace
 
+from inference_engine.batching.admission import Admission, AdmissionMode
 from inference_engine.batching.delay import BatchDelay, DelayMode
-from inference_engine.batching.forecast import CompletionForecast
 from inference_engine.batching.forward import ForwardTimes
 from inference_engine.batching.queue import BatchQueue, WorkItem
 from inference_engine.batching.worker import ModelWorker
 from inference_engine.errors import (
     DeadlineExceeded,
-    DeadlineUnmeetable,
     EngineError,
     ModelFailed,
     ModelNotReady,
@@ -43,8 +42,6 @@ from inference_engine.tenancy import DEFAULT_CALLER, Caller
 
 ItemT = TypeVar("ItemT")
 OutputT = TypeVar("OutputT")
-
-AdmissionMode = Literal["predictive", "queue_only"]
 
 PredictFn = Callable[[list[ItemT]], Sequence[OutputT | BaseException]]
 
@@ -62,7 +59,7 @@ class BatchPolicy:
     max_queue_size: int
     #: ``adaptive``: wait for more inputs only while the measurements say it pays (:mod:`.delay`).
     batch_delay: DelayMode = "fixed"
-    #: ``predictive``: refuse an input its deadline cannot be met for (:mod:`.forecast`).
+    #: ``predictive``: refuse an input its deadline cannot be met for (:mod:`.admission`).
     admission: AdmissionMode = "queue_only"
 
 
@@ -117,7 +114,15 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         #: Forward time per batch size: the delay's and the admission forecast's measurements.
         self.forward = ForwardTimes()
         self.delay = BatchDelay(policy.max_batch_delay_ms / 1000.0, policy.batch_delay, self.forward)
-        self.forecast = CompletionForecast(self.forward, policy.max_batch_size, len(self._instances))
+        self.admission = Admission.build(
+            model,
+            version,
+            policy.admission,
+            self.forward,
+            policy.max_batch_size,
+            len(self._instances),
+            metrics,
+        )
         self._delay_gauge = metrics.batch_delay.labels(model, version)
         self._delay_gauge.set(self.delay.max_delay_s)
         self._tasks: list[asyncio.Task[None]] = []
@@ -126,10 +131,6 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         self._held: dict[int, list[WorkItem[ItemT]]] = {}
         # Per loop running a forward pass now: (batch size, when it started).
         self._running: dict[int, tuple[int, float]] = {}
-        self._refused = metrics.admission_refusals
-        self._prediction_error = metrics.admission_prediction_error.labels(model, version)
-        self._predicted_early = metrics.admission_predictions.labels(model, version, "early")
-        self._predicted_late = metrics.admission_predictions.labels(model, version, "late")
         self._accepting = False
         self._throughput = 0.0  # items per second, smoothed; feeds Retry-After
         self._progress = asyncio.Event()  # set whenever queued work is consumed (drain waits on it)
@@ -231,7 +232,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         if not self._accepting:
             raise ShuttingDown(f"model {self.model} is not accepting requests (shutting down)")
         if not self._queue.has_room(caller.tenant, caller.weight, extra=self._incoming + count - 1):
-            self._refused.labels(self.model, self.version, "queue_full").inc()
+            self.admission.queue_full()
             raise QueueFull(
                 f"the queue is full ({self.policy.max_queue_size} requests waiting); retry shortly",
                 retry_after_s=self.retry_after_s(),
@@ -240,27 +241,15 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
             self._predict(deadline, caller)
 
     def _predict(self, deadline: float, caller: Caller) -> float | None:
-        """When an input of ``caller`` queued now would be answered (``time.monotonic()``);
-        raises ``DeadlineUnmeetable`` past ``deadline`` under predictive admission."""
-        if self.policy.admission != "predictive":
+        """Admission's judgement of one more input of ``caller``: what is ahead of it in the fair
+        queue, in batches still forming, and the passes running now."""
+        if self.admission.mode != "predictive":
             return None
         now = time.monotonic()
         forming = sum(len(batch) for index, batch in self._held.items() if index not in self._running)
         ahead = self._queue.ahead_of(caller.tenant, caller.weight, caller.priority) + forming
         running = [(size, now - started) for size, started in self._running.values()]
-        seconds = self.forecast.seconds_until_answer(ahead, running)
-        if seconds is None:
-            return None
-        if now + seconds > deadline:
-            self._refused.labels(self.model, self.version, "deadline").inc()
-            budget_ms = max(0.0, deadline - now) * 1000
-            raise DeadlineUnmeetable(
-                f"model {self.model} would answer in about {seconds * 1000:.0f} ms ({ahead} inputs "
-                f"ahead), after this request's deadline ({budget_ms:.0f} ms left); retry later or "
-                "with a longer X-Request-Timeout-Ms",
-                retry_after_s=now + seconds - deadline,
-            )
-        return now + seconds
+        return self.admission.judge(deadline, ahead, running)
 
     def submit(
         self,
@@ -287,7 +276,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         try:
             self._queue.put(item, retry_after_s=self.retry_after_s())
         except QueueFull:
-            self._refused.labels(self.model, self.version, "queue_full").inc()
+            self.admission.queue_full()
             raise
         self.delay.arrived(item.enqueued_at)
         return future
@@ -425,13 +414,8 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
                 _set_exception(item, self._item_failure(output, item))
             else:
                 if item.predicted_at is not None:
-                    self._scored(answered - item.predicted_at)
+                    self.admission.answered(item.predicted_at, answered)
                 _set_result(item, BatchResult(output, wait, elapsed, len(batch), batch_id))
-
-    def _scored(self, error_s: float) -> None:
-        """How far off the answer-time prediction of one admitted input was."""
-        self._prediction_error.observe(abs(error_s))
-        (self._predicted_late if error_s > 0 else self._predicted_early).inc()
 
     def _item_failure(self, exc: BaseException, item: WorkItem[Any]) -> BaseException:
         if isinstance(exc, EngineError):

@@ -34,14 +34,13 @@ class CompletionForecast:
         self.max_batch_size = max_batch_size
         self.instances = max(1, instances)
 
-    def seconds_until_answer(
-        self, ahead: int, running: Iterable[tuple[int, float]], prepare_s: float = 0.0
-    ) -> float | None:
+    def seconds_until_answer(self, ahead: int, running: Iterable[tuple[int, float]]) -> float | None:
         """Seconds from now until an input with ``ahead`` inputs in front of it is answered.
 
-        ``running``: ``(batch size, seconds it has run)`` of each batch in a forward pass now;
-        ``prepare_s``: the time it still needs before it can be queued (decoding), during which
-        the work ahead of it goes on. None while no forward pass has been measured.
+        ``running``: ``(batch size, seconds it has run)`` of each batch in a forward pass now.
+        None while no forward pass has been measured. Checked before an input is decoded, this
+        leaves out the decoding (the work ahead goes on meanwhile); the check at queueing,
+        after it, has the whole picture.
         """
         full = self.forward.estimate(self.max_batch_size)
         if full is None:
@@ -55,4 +54,4 @@ class CompletionForecast:
         for _ in range(whole_batches):
             heapq.heappush(free_at, heapq.heappop(free_at) + full)
         mine = self.forward.estimate(place + 1) or full
-        return max(heapq.heappop(free_at), prepare_s) + mine
+        return heapq.heappop(free_at) + mine

@@ -39,8 +39,3 @@ def test_instances_run_batches_side_by_side() -> None:
     two = forecast(instances=2).seconds_until_answer(8, [])
     assert one == pytest.approx(0.040 * 2 + 0.010)
     assert two == pytest.approx(0.040 + 0.010)
-
-
-def test_preparing_overlaps_the_work_ahead() -> None:
-    assert forecast().seconds_until_answer(4, [], prepare_s=0.010) == pytest.approx(0.040 + 0.010)
-    assert forecast().seconds_until_answer(0, [], prepare_s=0.050) == pytest.approx(0.050 + 0.010)

@@ -195,3 +195,30 @@ def test_scan_selects_models_and_rejects_unknown_names(tmp_path: Path) -> None:
 def test_a_missing_repository_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="is not a folder"):
         scan_repository(tmp_path / "nowhere", DEFAULTS)
+
+
+def test_admission_and_cache_settle_from_the_file_or_the_server() -> None:
+    plain = settle(ModelFile.model_validate({"name": "m", "handler": "torchscript"}), DEFAULTS)
+    assert plain.admission == DEFAULTS.admission == "predictive"
+    assert not plain.cache.enabled and not plain.cache.merge_in_flight  # off unless asked for
+    own = settle(
+        ModelFile.model_validate(
+            {"name": "m", "handler": "torchscript", "admission": "queue_only", "cache": {"enabled": True}}
+        ),
+        DEFAULTS,
+    )
+    assert own.admission == "queue_only" and own.cache.enabled and own.cache.max_bytes == 64 * 1024 * 1024
+
+
+def test_a_model_that_is_not_deterministic_cannot_re_use_answers() -> None:
+    with pytest.raises(ValueError, match="need deterministic: true"):
+        ModelFile.model_validate(
+            {
+                "name": "m",
+                "handler": "torchscript",
+                "deterministic": False,
+                "cache": {"merge_in_flight": True},
+            }
+        )
+    sampling = ModelFile.model_validate({"name": "m", "handler": "torchscript", "deterministic": False})
+    assert not sampling.deterministic
