@@ -37,7 +37,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     add_tiny_cnn(repo, cache={"enabled": True})
     add_tiny_cnn(repo, "tiny_bounded", cache={"enabled": True, "max_bytes": BOUND})
     add_colour_model(repo, "merging", delay_s=1.0, settings={"cache": {"merge_in_flight": True}})
-    process = ServerProcess(repo)
+    process = ServerProcess(repo, grpc=True)
     process.start(tmp_path_factory.mktemp("cache-logs") / "server.log")
     yield process
     process.stop()
@@ -101,6 +101,24 @@ def test_the_v2_route_uses_the_same_cache(server: ServerProcess) -> None:
     assert [a.status_code for a in answers] == [200, 200]
     assert [a.headers["x-cache"] for a in answers] == ["miss", "hit"]
     assert answers[0].json()["outputs"] == answers[1].json()["outputs"]
+
+
+def test_grpc_answers_say_whether_they_came_from_the_cache(server: ServerProcess) -> None:
+    import grpc
+
+    from inference_engine.rpc.proto import grpc_predict_v2_pb2 as pb
+    from inference_engine.rpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+
+    image = encode(PHOTO.transpose(Image.Transpose.FLIP_LEFT_RIGHT), "PNG")
+    request = pb.ModelInferRequest(
+        model_name="tiny_cnn",
+        inputs=[pb.ModelInferRequest.InferInputTensor(name="image", datatype="BYTES", shape=[1])],
+        raw_input_contents=[len(image).to_bytes(4, "little") + image],
+    )
+    with grpc.insecure_channel(server.grpc_target) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+        seen = [dict(stub.ModelInfer.with_call(request)[1].trailing_metadata())["x-cache"] for _ in range(2)]
+    assert seen == ["miss", "hit"]
 
 
 def test_the_cache_holds_its_bound_under_a_thousand_distinct_images(server: ServerProcess) -> None:
