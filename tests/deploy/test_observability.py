@@ -4,13 +4,15 @@ Every ``inference_engine_*`` name used in a PromQL expression must be one that t
 exports: a server is started over a small repository, driven through the code paths that create
 each labelled series (a good request, bad ones, a failing batch, a dropped input, a model that
 fails to load, a watchdog restart, a model with two versions and a shadow, a model control
-load), and its ``GET /metrics`` is parsed. Label names used in selectors, ``by (...)`` clauses
-and legends must be labels of those series.
+load, a deadline refused by predictive admission, output-cache hits, misses and evictions, and
+two identical inputs merged), and its ``GET /metrics`` is parsed. Label names used in selectors,
+``by (...)`` clauses and legends must be labels of those series.
 
 The same names and labels are also checked, without a server, against ``VERSIONED_FAMILIES``: the
 metrics as the model-versions change defines them (a ``version`` label on every per-model family,
-and the traffic, shadow and model-control families). metrics.py is checked against that list on
-its own (``test_metrics_module_declares_the_versioned_families``).
+and the traffic, shadow and model-control families), and the admission and cache families added
+since. metrics.py is checked against that list on its own
+(``test_metrics_module_declares_the_versioned_families``).
 
 ``promtool`` (Debian package ``prometheus``) is optional: when it is installed, the rules file and
 the scrape config are checked with it, the alerts are unit-tested with ``promtool test rules``, and
@@ -41,7 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from inference_engine.gpumetrics import watch_cuda
 from inference_engine.metrics import Metrics
-from tests.helpers import ROOT, ServerProcess, cat_jpeg, encode, free_port
+from tests.helpers import ROOT, ServerProcess, cat_jpeg, encode, free_port, metric_value
 from tests.repository import add_colour_model, add_colour_text_model, add_model
 from tests.unit.test_gpumetrics import FakeCuda
 
@@ -81,6 +83,11 @@ GRAFANA_VARIABLES = {
 
 GREEN = encode(np.full((32, 32, 3), (10, 250, 10), np.uint8), "PNG")
 BLUE = encode(np.full((32, 32, 3), (10, 10, 250), np.uint8), "PNG")
+#: Five images of other pixels: five entries for the output cache (none of them mostly blue).
+COLOURS = [
+    encode(np.full((32, 32, 3), colour, np.uint8), "PNG")
+    for colour in ((250, 10, 10), (10, 250, 10), (200, 200, 10), (250, 120, 10), (120, 250, 120))
+]
 SUFFIXES = {
     "counter": ("_total", "_created"),
     "histogram": ("_bucket", "_sum", "_count", "_created"),
@@ -92,7 +99,8 @@ _MV = ("model", "version")
 _PAIR = ("model", "primary", "shadow")
 #: The per-model families and their labels once models have versions (family name as
 #: prometheus_client and its text parser give it: a counter without ``_total``) -> (type, labels).
-#: Every per-model family has ``version`` right after ``model``; the last seven are new.
+#: Every per-model family has ``version`` right after ``model``; the seven under the first
+#: ``new with`` comment are new with versions, those under the second with admission and the cache.
 VERSIONED_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "inference_engine_requests": ("counter", ("model", "version", "route", "status", "protocol")),
     "inference_engine_request_duration_seconds": ("histogram", ("model", "version", "route", "protocol")),
@@ -120,8 +128,18 @@ VERSIONED_FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "inference_engine_shadow_score_difference": ("histogram", _PAIR),
     "inference_engine_shadow_cosine_similarity": ("histogram", _PAIR),
     "inference_engine_repository_operations": ("counter", ("model", "operation", "outcome")),
+    # new with predictive admission, the output cache and merged duplicates
+    "inference_engine_admission_refusals": ("counter", ("model", "version", "reason")),
+    "inference_engine_admission_prediction_error_seconds": ("histogram", _MV),
+    "inference_engine_admission_predictions": ("counter", ("model", "version", "outcome")),
+    "inference_engine_cache_lookups": ("counter", ("model", "version", "result")),
+    "inference_engine_cache_bytes": ("gauge", _MV),
+    "inference_engine_cache_entries": ("gauge", _MV),
+    "inference_engine_cache_evictions": ("counter", _MV),
+    "inference_engine_merged_inputs": ("counter", _MV),
 }
 VERSIONS_ROW = "Versions"
+ADMISSION_ROW = "Admission, fairness and cache"
 #: Per process and per GPU, not per model: Prometheus' process_*/python_* and the GPU gauges.
 PROCESS_ROW = "Process and GPU"
 SHADOW_ALERT = "InferenceEngineShadowDisagreement"
@@ -244,7 +262,8 @@ async def _drive(server: ServerProcess) -> None:
         assert (await client.post("/v1/models/no_such_model/predict", content=GREEN)).status_code == 404
         assert (await client.post("/v1/models/broken/predict", content=GREEN)).status_code == 503
         assert (await client.post("/v1/models/poison/predict", content=BLUE)).status_code == 500
-        # A request whose deadline passes while it waits behind a slow forward pass is dropped.
+        # A request whose deadline passes while it waits behind a slow forward pass is dropped
+        # (`slow` admits by queue room only, so the request queues and times out).
         first = asyncio.create_task(client.post("/v1/models/slow/predict", content=GREEN))
         await asyncio.sleep(0.2)  # the first is in its forward pass
         late = await client.post(
@@ -252,6 +271,28 @@ async def _drive(server: ServerProcess) -> None:
         )
         assert late.status_code == 504, late.text
         assert (await first).status_code == 200
+        # Predictive admission refuses at once a deadline shorter than one forward pass; the
+        # request with time enough is admitted, and its prediction scored.
+        refused = await client.post(
+            "/v1/models/predictive/predict", content=GREEN, headers={"X-Request-Timeout-Ms": "100"}
+        )
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["type"] == "deadline_unmeetable", refused.text
+        admitted = await client.post(
+            "/v1/models/predictive/predict", content=GREEN, headers={"X-Request-Timeout-Ms": "10000"}
+        )
+        assert admitted.status_code == 200, admitted.text
+        # The output cache: a miss, a hit, four more colours (five entries past the 1024 bytes
+        # that hold four: the least recently used goes), then the evicted first colour again.
+        cached = [COLOURS[0], COLOURS[0], *COLOURS[1:], COLOURS[0]]
+        looked_up = [(await client.post("/v1/models/cached/predict", content=image)) for image in cached]
+        assert [r.status_code for r in looked_up] == [200] * len(cached), [r.text for r in looked_up]
+        assert [r.headers.get("x-cache") for r in looked_up] == ["miss", "hit"] + ["miss"] * 5
+        # Two identical requests at once to a slow model that merges them: one forward pass.
+        merged = await asyncio.gather(
+            *(client.post("/v1/models/merging/predict", content=GREEN) for _ in range(2))
+        )
+        assert [r.status_code for r in merged] == [200, 200], [r.text for r in merged]
         # A forward pass that hangs past watchdog.max_forward_s makes the watchdog restart the model.
         hung = await client.post("/v1/models/hangs/predict", content=BLUE)
         assert hung.status_code == 503, hung.text
@@ -298,7 +339,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Exposition]:
     add_colour_model(repo, "colour")
     add_colour_text_model(repo, "zero_shot")
     add_colour_model(repo, "poison", fail_batch_on_blue=True)
-    add_colour_model(repo, "slow", delay_s=0.6, settings={"max_batch_size": 1})
+    queue_only = {"max_batch_size": 1, "admission": "queue_only"}  # queues what predictive would refuse
+    add_colour_model(repo, "slow", delay_s=0.6, settings=queue_only)
+    add_colour_model(repo, "predictive", delay_s=0.3)  # the default admission: predictive
+    # 1024 bytes hold four of the colour model's outputs (3 float32 + 200 bytes of overhead each).
+    add_colour_model(repo, "cached", settings={"cache": {"enabled": True, "max_bytes": 1024}})
+    add_colour_model(repo, "merging", delay_s=0.5, settings={"cache": {"merge_in_flight": True}})
     add_colour_model(repo, "hangs", hang_on_blue_s=4, settings={"max_batch_size": 1})
     add_model(repo, "broken", {"handler": "torchscript", "weights": "missing.pt"})
     shadowed = {"version_policy": "all", "traffic": {"1": 100}, "shadow": {"2": 100}}
@@ -354,6 +400,26 @@ def test_the_server_exports_every_family_it_declares_with_samples(exported: Expo
         n.startswith(f) and n in exported.labels for n in exported.sample_names
     )]  # fmt: skip
     assert not empty, f"no samples for {empty}; the test's traffic no longer reaches them"
+
+
+@pytest.mark.integration
+def test_the_traffic_reached_admission_the_cache_and_merging(exported: Exposition) -> None:
+    """Not just children at 0: the refusal, the cache's hits, misses and eviction, and the merge
+    that the dashboard's admission and cache row draws happened."""
+
+    def value(name: str, model: str, **labels: str) -> float:
+        return metric_value(exported.text, name, model=model, version="1", **labels)
+
+    assert value("inference_engine_admission_refusals_total", "predictive", reason="deadline") == 1
+    assert value("inference_engine_admission_refusals_total", "slow", reason="deadline") == 0
+    assert value("inference_engine_admission_prediction_error_seconds_count", "predictive") >= 1
+    assert value("inference_engine_cache_lookups_total", "cached", result="hit") == 1
+    assert value("inference_engine_cache_lookups_total", "cached", result="miss") == 6
+    assert value("inference_engine_cache_evictions_total", "cached") == 2
+    assert value("inference_engine_cache_entries", "cached") == 4
+    assert value("inference_engine_cache_bytes", "cached") == 4 * (3 * 4 + 200)
+    assert value("inference_engine_merged_inputs_total", "merging") == 1
+    assert value("inference_engine_dropped_inputs_total", "slow") >= 1
 
 
 @pytest.mark.integration
@@ -467,6 +533,7 @@ def test_rules_cover_the_operational_signals() -> None:
         "inference_engine_requests_total",
         "inference_engine_queue_depth",
         'type="queue_full"',
+        'type="deadline_unmeetable"',
         "inference_engine_request_duration_seconds_bucket",
         "inference_engine_watchdog_restarts_total",
         "inference_engine_model_load_failures_total",
@@ -482,6 +549,7 @@ def test_rules_cover_the_operational_signals() -> None:
     assert by_name["InferenceEngineModelNotReady"]["for"] == "2m"
     assert by_name["InferenceEngineHighErrorRatio"]["for"] == "5m"
     assert by_name["InferenceEngineHighLatencyP99"]["for"] == "10m"
+    assert by_name["InferenceEngineDeadlineRefusals"]["for"] == "10m"
     assert "histogram_quantile(0.99" in by_name["InferenceEngineHighLatencyP99"]["expr"]
     watchdog = by_name["InferenceEngineWatchdogRestart"]["expr"]
     assert "increase(inference_engine_watchdog_restarts_total[15m])" in watchdog
@@ -715,6 +783,28 @@ ALERT_UNIT_TESTS: list[dict[str, Any]] = [
             _silent("InferenceEngineLoadShedding", "5m"),
             _firing("InferenceEngineLoadShedding", "12m", "warning", model="m"),
             _silent("InferenceEngineHighErrorRatio", "12m"),  # 3% is below the error-ratio alert
+        ],
+    },
+    {
+        "name": "more than 1% of requests refused with 503 deadline_unmeetable for 10 minutes",
+        "interval": "1m",
+        "input_series": [
+            _requests("0+97x30", model="m", status="200"),
+            _requests("0+3x30", model="m", status="503"),
+            _series("inference_engine_errors_total", "0+3x30", model="m", type="deadline_unmeetable"),
+            # 0.5%: a client now and then with a deadline too short
+            _requests("0+199x30", model="ok", status="200"),
+            _requests("0+1x30", model="ok", status="503"),
+            _series("inference_engine_errors_total", "0+1x30", model="ok", type="deadline_unmeetable"),
+            # shed for a full queue: the load-shedding alert's, not this one's
+            _requests("0+97x30", model="shed", status="200"),
+            _requests("0+3x30", model="shed", status="503"),
+            _series("inference_engine_errors_total", "0+3x30", model="shed", type="queue_full"),
+        ],
+        "alert_rule_test": [
+            _silent("InferenceEngineDeadlineRefusals", "8m"),  # above 1% since 1m: not yet 10 minutes
+            _firing("InferenceEngineDeadlineRefusals", "14m", "warning", model="m"),
+            _silent("InferenceEngineHighErrorRatio", "14m"),  # 3% is below the error-ratio alert
         ],
     },
     {
@@ -1016,3 +1106,43 @@ def test_dashboard_covers_the_versions() -> None:
         "sum by (model, operation, outcome) (increase(inference_engine_repository_operations_total",
     ):
         assert needed in joined, f"no panel of the {VERSIONS_ROW} row queries {needed}"
+
+
+def test_dashboard_covers_admission_and_the_cache() -> None:
+    """The admission and cache row draws every family of predictive admission, the output cache
+    and merging, and the share of requests refused against the deadline-refusal alert's threshold."""
+    panels = row_panels(ADMISSION_ROW)
+    joined = "\n".join(expr for _, expr, _ in dashboard_expressions(panels))
+    families = (
+        "inference_engine_admission_refusals",
+        "inference_engine_admission_prediction_error_seconds",
+        "inference_engine_admission_predictions",
+        "inference_engine_cache_lookups",
+        "inference_engine_cache_bytes",
+        "inference_engine_cache_entries",
+        "inference_engine_cache_evictions",
+        "inference_engine_merged_inputs",
+    )
+    used = set(METRIC_NAME.findall(joined))
+    for family in families:
+        kind, _ = VERSIONED_FAMILIES[family]
+        series = {family + suffix for suffix in SUFFIXES[kind]}
+        assert used & series, f"the {ADMISSION_ROW} row draws no {family}"
+    for needed in (
+        "sum by (model, reason) (rate(inference_engine_admission_refusals_total",
+        'type="deadline_unmeetable"',
+        # mean |error| and p90 of the prediction
+        "sum by (model) (rate(inference_engine_admission_prediction_error_seconds_sum",
+        "/ sum by (model) (rate(inference_engine_admission_prediction_error_seconds_count",
+        "histogram_quantile(0.9, sum by (le, model) (rate("
+        "inference_engine_admission_prediction_error_seconds_bucket",
+        'outcome="late"',
+        'result="hit"',
+        "rate(inference_engine_merged_inputs_total",
+    ):
+        assert needed in joined, f"no panel of the {ADMISSION_ROW} row queries {needed}"
+    (refused,) = [p for p in panels if any('type="deadline_unmeetable"' in t["expr"] for t in p["targets"])]
+    (rule,) = [r for r in alert_rules() if r["alert"] == "InferenceEngineDeadlineRefusals"]
+    threshold = float(rule["expr"].rsplit(">", 1)[1])
+    steps = refused["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [step["value"] for step in steps if step["value"] is not None] == [threshold]
