@@ -1,11 +1,13 @@
 """Fair queuing on a real server: one tenant's flood delays another by at most its share.
 
-``slowish`` (the colour model, 50 ms per forward pass whatever its size, batches of at most 4:
-80 inputs/s) serves two tenants with equal weights. The light tenant keeps 2 requests in flight;
+``slowish`` (the colour model, 100 ms per forward pass whatever its size, batches of at most 4:
+40 inputs/s) serves two tenants with equal weights. The light tenant keeps 2 requests in flight;
 the heavy tenant 20 (ten times the light tenant's load, which saturates the model). First come,
 first served, every light request would wait behind about 20 heavy ones, five passes; filled by
 deficit round-robin, it rides in the next batch. The bound checked: the light tenant's p99 under
-the flood stays within three forward passes of its p99 alone.
+the flood stays within two and a half forward passes of its p99 alone (the pass running when it
+arrives, the one it rides in, and slack for a loaded machine), where first come, first served
+would add five.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from tests.helpers import ServerProcess, encode
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
-PASS_S = 0.05
+PASS_S = 0.1
 PATH = "/v1/models/slowish/predict"
 GREEN = encode(np.full((32, 32, 3), (10, 250, 10), np.uint8), "PNG")
 HEAVY_KEY, LIGHT_KEY = "heavy-tenant-key", "light-tenant-key"
@@ -80,7 +82,7 @@ async def test_a_flood_delays_the_light_tenant_by_at_most_its_share(server: Serv
         clients(server, LIGHT_KEY, 2, until),
     )
     assert len(heavy) > 5 * len(flooded) / 2  # the heavy tenant did send its flood
-    bound = p99(alone) + 3 * PASS_S
+    bound = p99(alone) + 2.5 * PASS_S
     assert p99(flooded) <= bound, (
         f"light tenant p99 {p99(flooded) * 1000:.0f} ms under the flood vs {p99(alone) * 1000:.0f} ms alone"
     )
