@@ -86,9 +86,12 @@ def _array_bytes(output: Any) -> int:
 
 
 def _frozen(output: Any) -> Any:
-    """The output made read-only where it is an array: an entry answers many requests, and
-    no answer may change it for the next."""
+    """The output as an entry keeps it: an array made read-only (an entry answers many requests,
+    and no answer may change it for the next) and, when it is a row of its batch's array, copied
+    out of it (kept as it is, one small row would hold the whole batch in memory, past the bound)."""
     if isinstance(output, np.ndarray):
+        if output.base is not None:
+            output = output.copy()
         output.flags.writeable = False
     return output
 

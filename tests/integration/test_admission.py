@@ -128,6 +128,11 @@ async def test_a_grpc_deadline_is_judged_the_same_way(server: ServerProcess) -> 
         stub = GRPCInferenceServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.ModelInfer(request, timeout=0.2)
+        # The same from the request's own V2 timeout parameter (microseconds), with no gRPC deadline.
+        request.parameters["timeout"].int64_param = 200_000
+        with pytest.raises(grpc.aio.AioRpcError) as by_parameter:
+            await stub.ModelInfer(request)
         await asyncio.gather(*backlog)
     assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
     assert "deadline" in (refused.value.details() or "")
+    assert by_parameter.value.code() is grpc.StatusCode.UNAVAILABLE

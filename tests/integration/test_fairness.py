@@ -99,4 +99,9 @@ async def test_priority_goes_first_within_the_ceiling(server: ServerProcess) -> 
             PATH, content=GREEN, headers={"content-type": "image/png", "x-priority": "asap"}
         )
     assert asked.status_code == 200
+    # The access line names the tenant and the priority it ran at (tenants are not metric labels).
+    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+    served = [line for line in lines if line.get("request_id") == asked.headers["x-request-id"]]
+    access = [line for line in served if line.get("message") == "request"]
+    assert access and access[0]["tenant"] == "light" and access[0]["priority"] == "high", served
     assert bad.status_code == 400 and "X-Priority" in bad.json()["error"]["message"]

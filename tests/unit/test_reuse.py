@@ -180,3 +180,12 @@ def metrics() -> Metrics:
 
 def test_a_tensor_numpy_cannot_hold_is_not_hashed() -> None:
     assert pixel_digest(torch.zeros(3, dtype=torch.bfloat16)) is None
+
+
+def test_a_row_of_a_batch_is_copied_out_of_it(metrics: Metrics) -> None:
+    batch = np.ones((8, 1000), dtype=np.float32)  # what a classifier's predict returns rows of
+    cache = OutputCache(1_000_000, LABELS, metrics)
+    cache.put(("image", b"row"), batch[3])
+    stored = cache.get(("image", b"row"))
+    assert isinstance(stored, np.ndarray) and stored.base is None  # holds 4 kB, not the batch's 32
+    assert batch.flags.writeable  # the batch itself is left alone

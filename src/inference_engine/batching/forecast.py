@@ -7,8 +7,9 @@ finish, from what is ahead of it and the measured forward time per batch size
 (:class:`~.forward.ForwardTimes`):
 
 * the batches running now finish when their expected time is up;
-* the inputs ahead of it (queued, being prepared, or in a batch still forming) leave in full
-  batches, each on the first instance free;
+* the inputs ahead of it (queued, in the fair queue's order, or in a batch still forming) leave
+  in full batches, each on the first instance free (inputs still being decoded are not counted:
+  they queue when they are ready, and are counted then);
 * its own batch then runs, at the size it would have with the inputs ahead of it in it.
 
 A new input whose deadline is earlier than that is refused at once (503 with ``Retry-After``:

@@ -83,6 +83,10 @@ class RpcCall:
             raise BadRequest(f"x-routing-key must be at most {MAX_ROUTING_KEY} characters")
         return key or None
 
+    def limit_timeout(self, seconds: float) -> None:
+        """A timeout the request carries (V2's ``timeout`` parameter): the earlier deadline wins."""
+        self.deadline = min(self.deadline, self.ctx.started + seconds)
+
     def routed(self, route: Route) -> Route:
         self.ctx.model, self.ctx.version = route.model, route.version
         return route

@@ -26,7 +26,13 @@ from inference_engine.rpc.proto.grpc_predict_v2_pb2_grpc import GRPCInferenceSer
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
 from inference_engine.transport import off_loop
-from inference_engine.v2codec import EXTENSIONS, output_tensors, requested_outputs, service_arguments
+from inference_engine.v2codec import (
+    EXTENSIONS,
+    output_tensors,
+    request_timeout_s,
+    requested_outputs,
+    service_arguments,
+)
 
 #: Binary tensors are REST's extension; gRPC carries raw bytes natively.
 GRPC_EXTENSIONS = [e for e in EXTENSIONS if e != "binary_tensor_data"]
@@ -89,6 +95,9 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         )
         self.service.admit(route)
         decoded = await off_loop(request.ByteSize(), infer_request, request)
+        timeout_s = request_timeout_s(decoded.parameters)  # as over REST; the earlier deadline wins
+        if timeout_s is not None:
+            call.limit_timeout(min(timeout_s, self.settings.server.max_request_timeout_s))
         rows = await self.service.run_rows(
             route,
             deadline=call.deadline,
