@@ -108,8 +108,9 @@ INTRO = """
 All server settings live in one typed model, `Settings` in
 [`src/inference_engine/settings.py`](../src/inference_engine/settings.py); the
 [settings reference](#settings-reference) at the end of this page is generated from it, one table
-per section. Per-model settings (handler, weights, batching overrides, pre-processing) live in
-each model's `model.yaml` and are described in [model-repository.md](model-repository.md).
+per section. Per-model settings (handler, weights, batching and admission overrides, the output
+cache and merging of duplicates (`cache`), pre-processing) live in each model's `model.yaml` and
+are described in [model-repository.md](model-repository.md#modelyaml).
 
 ## Layers and precedence
 
