@@ -12,7 +12,7 @@ MODEL_REPOSITORY ?= models
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-torch install-dev lock serve lint format test test-fast bench bench-quick bench-check bench-levers stress soak docs proto docker clean
+.PHONY: help install install-torch install-dev lock serve lint format test test-fast bench bench-quick bench-check bench-levers bench-fairness bench-admission stress soak docs proto docker clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -67,18 +67,24 @@ test-fast: install-dev ## Tests only, no coverage
 	$(BIN)/python -m pytest -q -x $(PYTEST_ARGS)
 
 ARGS ?=
-bench: install-dev ## Benchmark suite: served vs raw model as ratios, plots in bench/results (~16 min; ARGS=--quick)
+bench: install-dev ## Benchmark suite: served vs raw model as ratios, plots in bench/results (~18 min; ARGS=--quick)
 	$(BIN)/python -m bench.run $(ARGS)
 
-bench-quick: install-dev ## The benchmark suite's quick mode (~3.5 min), a smoke run; results in bench/results/quick.*
+bench-quick: install-dev ## The benchmark suite's quick mode (~4 min), a smoke run; results in bench/results/quick.*
 	$(BIN)/python -m bench.run --quick $(ARGS)
 
 CHECK_MARGIN ?=
 bench-check: install-dev ## Performance regression check (~2.5 min): ratios of one short run vs bench/floors.json (CHECK_MARGIN=0.5: gross only)
 	$(BIN)/python -m bench.check $(if $(CHECK_MARGIN),--margin $(CHECK_MARGIN)) $(ARGS)
 
-bench-levers: install-dev ## A/B runs of the performance levers (~15 min), into bench/results/levers.json
+bench-levers: install-dev ## A/B runs of the performance levers (~16 min), into bench/results/levers.json
 	$(BIN)/python -m bench.levers $(ARGS)
+
+bench-fairness: install-dev ## Fair queuing: a light tenant's latency alone and under a heavy tenant's flood (~2 min); bench/results/fairness.*
+	$(BIN)/python -m bench.fairness $(ARGS)
+
+bench-admission: install-dev ## Predictive admission past capacity: refusal latency, forward passes, prediction error (~30 s); bench/results/admission.*
+	$(BIN)/python -m bench.admission $(ARGS)
 
 stress: install-dev ## Ramp open-loop load on EfficientNet-Lite0 to the latency knee (~2 min); bench/results/stress.*
 	$(BIN)/python -m bench.stress $(ARGS)

@@ -7,12 +7,18 @@ measures closed-loop points on each start, so background load that drifts during
 lands on every variant alike. Raw levers time the two implementations in one process, also
 alternating. Results are merged into ``levers.json`` by lever name; ``docs/PERFORMANCE.md``
 quotes them. Not part of ``make bench`` (it would not fit its time budget):
-``make bench-levers`` runs them all (about 15 minutes).
+``make bench-levers`` runs them all (about 16 minutes).
+
+A lever on ``images="stripes640"`` (:class:`bench.workloads.StripedRequests`) sends a distinct
+image with every request of a server start (the clients' streams disjoint, each point a block of
+its own), so that nothing can be answered from the output cache; its table notes the cache
+lookups and hits seen (0 hits expected).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import statistics
@@ -27,7 +33,16 @@ from typing import Any
 from bench import load
 from bench.run import Probe, log, machine
 from bench.server import ServedModel
-from bench.workloads import DEFAULT_CACHE, ROOT, image_set, model_specs, write_repository
+from bench.workloads import (
+    CACHE_OVERRIDES,
+    DEFAULT_CACHE,
+    ROOT,
+    STRIPES_COUNT,
+    StripedRequests,
+    image_set,
+    model_specs,
+    write_repository,
+)
 
 OUT = ROOT / "bench" / "results" / "levers.json"
 
@@ -54,6 +69,12 @@ class Lever:
     #: Open-loop points too (Poisson arrivals at these requests/s): latency at a load the server
     #: is not saturated by, where a closed loop cannot look.
     open_rates: tuple[float, ...] = ()
+
+
+#: A lever's ``images`` for "never the same image twice in a server start" (StripedRequests).
+STRIPES = "stripes640"
+#: Striped images per point of a server start: each point sends from a block of its own.
+STRIPES_PER_POINT = STRIPES_COUNT // 16
 
 
 def _t(n: int) -> dict[str, Any]:
@@ -279,13 +300,32 @@ SERVED: dict[str, Lever] = {
                 ("vit", "CLIP ViT-B/32", "clip_vit_b32", (1, 8), 6.0, (5.0,)),
             )
         ),
+        Lever(
+            "reuse_admission_overhead",
+            "everything on where it cannot help: predictive admission, output cache and merged "
+            "duplicates vs queue-only admission and no cache (tiny CNN, every image distinct)",
+            "tiny_cnn",
+            (
+                Variant("all off", {"admission": "queue_only"}),
+                Variant("all on", {"admission": "predictive", **CACHE_OVERRIDES}),
+            ),
+            levels=(1, 8, 32),
+            images=STRIPES,
+        ),
     )
 }
 
 
+def lever_requests(lever: Lever, path: str, port: int, point: int) -> Sequence[bytes]:
+    """What a lever's point sends: its image set's requests, cycled, or for :data:`STRIPES` a
+    block of distinct images of its own (``point``: the point's place in the server start)."""
+    if lever.images == STRIPES:
+        return StripedRequests(path, port, first=point * STRIPES_PER_POINT)
+    return [load.build_request(path, data, port) for data in image_set(lever.images)]
+
+
 def run_served(lever: Lever, rounds: int, cache: Path, warmup: float) -> dict[str, Any]:
     spec = model_specs()[lever.model]
-    images = image_set(lever.images)
     points_at = [str(c) for c in lever.levels] + [f"{r:g}/s open" for r in lever.open_rates]
     samples: dict[str, dict[str, list[dict[str, Any]]]] = {
         v.label: {p: [] for p in points_at} for v in lever.variants
@@ -300,25 +340,31 @@ def run_served(lever: Lever, rounds: int, cache: Path, warmup: float) -> dict[st
                 repo, lever.model, env={**spec.settings_env, **variant.env}, launcher=variant.launcher
             )
             with server.start():
-                requests = [load.build_request(spec.path, data, server.port) for data in images]
 
-                async def points(
-                    server: ServedModel = server, requests: list[bytes] = requests, label: str = variant.label
-                ) -> None:
-                    runs = [(str(c), load.closed_loop, c) for c in lever.levels]
+                async def points(server: ServedModel = server, label: str = variant.label) -> None:
+                    disjoint = lever.images == STRIPES  # distinct images stay distinct across clients
+                    closed = functools.partial(load.closed_loop, disjoint=disjoint)
+                    runs = [(str(c), closed, c) for c in lever.levels]
                     runs += [(f"{r:g}/s open", load.open_loop, r) for r in lever.open_rates]
-                    for at, drive, level in runs:
+                    for index, (at, drive, level) in enumerate(runs):
+                        requests = lever_requests(lever, spec.path, server.port, index)
                         probe = Probe(server)
                         window = await drive(
                             server.port, requests, level, warmup, lever.duration_s, probe.mark, probe.mark
                         )
                         point = {**window.result(), **probe.result()}
                         samples[label][at].append(point)
+                        cached = point.get("cache")
                         log(
                             f"  {lever.name} [{label}] {at}: "
                             f"{point['throughput_rps']:.1f} req/s, "
                             f"p50 {point['p50_ms']:.1f} ms, p99 {point['p99_ms']:.1f} ms, "
                             f"batch {point['avg_batch_size']:.2f}, server CPU {point['server_cpu_cores']:.2f}"
+                            + (
+                                f", cache hits {cached['hits']:.0f} / misses {cached['misses']:.0f}"
+                                if cached
+                                else ""
+                            )
                         )
 
                 load.run(points())
@@ -335,11 +381,23 @@ def run_served(lever: Lever, rounds: int, cache: Path, warmup: float) -> dict[st
         label: {
             at: {k: statistics.median(p[k] for p in runs) for k in keys}
             | {"runs": [p["throughput_rps"] for p in runs]}
+            | _cache_counts(runs)
             for at, runs in by_level.items()
         }
         for label, by_level in samples.items()
     }
     return {"question": lever.question, "model": lever.model, "kind": "served", "variants": table}
+
+
+def _cache_counts(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Output-cache lookups and hits over a point's windows (nothing where the cache was off)."""
+    cached = [run["cache"] for run in runs if run.get("cache")]
+    if not cached:
+        return {}
+    return {
+        "cache_lookups": sum(c["hits"] + c["misses"] for c in cached),
+        "cache_hits": sum(c["hits"] for c in cached),
+    }
 
 
 # -- raw levers (in-process, alternating) -----------------------------------------------------------
@@ -577,6 +635,20 @@ def markdown(results: dict[str, Any]) -> str:
                         f"| {label} | {clients} | {p['throughput_rps']:.1f} ({runs}) | {p['p50_ms']:.1f} "
                         f"| {p['p99_ms']:.1f} | {p['avg_batch_size']:.2f} | {p['server_cpu_cores']:.2f} |"
                     )
+            cached = {
+                label: (
+                    sum(p.get("cache_lookups", 0) for p in levels.values()),
+                    sum(p.get("cache_hits", 0) for p in levels.values()),
+                )
+                for label, levels in lever["variants"].items()
+                if any("cache_lookups" in p for p in levels.values())
+            }
+            if cached:
+                notes = "; ".join(
+                    f"{label}: {hits:.0f} hits in {lookups:.0f} lookups"
+                    for label, (lookups, hits) in cached.items()
+                )
+                lines += ["", f"Output cache over the measured windows: {notes}."]
         else:
             cases = {k: v for k, v in lever.items() if isinstance(v, dict)}
             variants = list(next(iter(cases.values()))) if cases else []

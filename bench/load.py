@@ -44,12 +44,23 @@ def build_request(
     headers: Mapping[str, str] | None = None,
 ) -> bytes:
     """One complete HTTP/1.1 keep-alive POST, as bytes (``headers``: any more header fields)."""
+    return post_head(path, len(body), port, content_type, headers) + body
+
+
+def post_head(
+    path: str,
+    length: int,
+    port: int,
+    content_type: str = "image/jpeg",
+    headers: Mapping[str, str] | None = None,
+) -> bytes:
+    """The request line and header fields of :func:`build_request` for a body of ``length`` bytes."""
     extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: {content_type}\r\n"
-        f"{extra}Content-Length: {len(body)}\r\n\r\n"
+        f"{extra}Content-Length: {length}\r\n\r\n"
     )
-    return head.encode("ascii") + body
+    return head.encode("ascii")
 
 
 def build_get(path: str, port: int) -> bytes:
@@ -221,11 +232,16 @@ async def closed_loop(
     duration: float,
     on_start: Hook = _noop,
     on_end: Hook = _noop,
+    *,
+    disjoint: bool = False,
 ) -> Window:
     """``clients`` connections in a closed loop; counts completions in the window after ``warmup``.
 
     ``on_start`` / ``on_end`` run (awaited) at the window's edges: the caller scrapes
-    ``/metrics`` and samples the server's CPU there.
+    ``/metrics`` and samples the server's CPU there. Client ``i`` sends ``requests[i]``,
+    ``requests[i + 1]``, ... (the clients a step apart on one cycle); with ``disjoint``, it sends
+    ``requests[i]``, ``requests[i + clients]``, ... instead, so that no two clients send the same
+    request (a sequence of distinct images stays distinct, an independent draw stays independent).
     """
     window = Window("closed", clients, duration)
     connections = [await connect(port) for _ in range(clients)]
@@ -233,11 +249,13 @@ async def closed_loop(
     start = time.perf_counter()
     window_start, window_end = start + warmup, start + warmup + duration
 
+    step = clients if disjoint else 1
+
     async def client(index: int, connection: _Connection) -> None:
         sent = index
         while True:
             raw = requests[sent % len(requests)]
-            sent += 1
+            sent += step
             t0 = time.perf_counter()
             try:
                 status, _ = await connection.request(raw)

@@ -12,6 +12,14 @@ The ``@transports`` comparisons (the results' ``transports`` list, :mod:`bench.t
 "Transports" section: per transport, throughput at the most clients and latency at one client,
 both as ratios to REST multipart, the server's CPU per answered request and the load generator's
 (:func:`summarise_transports`), and a ``<stem>-transports.png`` plot.
+
+The ``@cache`` comparisons (the results' ``cache`` list) get an "Output cache" section: per
+model and clients, req/s, p50 and p99 with the cache off and on, their ratios (on / off), the
+hit ratio and the share of inputs merged in flight (:func:`summarise_cache`).
+
+Every served run's predictive-admission record (``served.admission``: inputs scored, mean
+absolute error of the predicted answer time, share answered late, refusals by reason) is listed
+in an "Admission predictions" table (:func:`admission_rows`).
 """
 
 from __future__ import annotations
@@ -246,6 +254,66 @@ def summarise_transports(entry: dict[str, Any]) -> dict[str, Any]:
 
 def summarise_all_transports(results: dict[str, Any]) -> dict[str, Any]:
     return {entry["name"]: summarise_transports(entry) for entry in results.get("transports", [])}
+
+
+#: The ``@cache`` comparison's variants, baseline first.
+CACHE_BASELINE, CACHE_ON = "off", "on"
+
+
+def summarise_cache(entry: dict[str, Any]) -> dict[str, Any]:
+    """One output-cache comparison: medians and spreads of every (clients, variant) point, with
+    the cache's hit ratio and merged share (cache on only), and ``on / off`` ratios of req/s,
+    p50 and p99 at the same clients."""
+    served = entry["served"]
+    points: dict[int, dict[str, dict[str, Any]]] = {}
+    for point in served["points"]:
+        runs = point["runs"]
+        summary = _point_summary(runs)
+        for key in ("hit_ratio", "merged_share"):
+            summary[key] = spread((run.get("cache") or {}).get(key) for run in runs)
+        points.setdefault(int(point["clients"]), {})[point["variant"]] = summary
+    ratios = {
+        clients: {
+            key: ratio(by[CACHE_ON][key]["median"], by[CACHE_BASELINE][key]["median"])
+            for key in ("throughput_rps", "p50_ms", "p99_ms")
+        }
+        for clients, by in points.items()
+        if CACHE_ON in by and CACHE_BASELINE in by
+    }
+    return {
+        "name": entry["name"],
+        "model": entry["model"],
+        "images": entry["images"],
+        "mix": served["mix"],
+        "clients": sorted(points),
+        "points": points,
+        "ratios": ratios,
+        "cold_start_s": served["cold_start_s"],
+        "peak_rss_mb": served["peak_rss_mb"],
+    }
+
+
+def summarise_all_cache(results: dict[str, Any]) -> dict[str, Any]:
+    return {entry["name"]: summarise_cache(entry) for entry in results.get("cache", [])}
+
+
+def admission_rows(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(server, admission record)`` of every served run that recorded one, in report order:
+    the workloads, the transport comparisons, then each output-cache server."""
+    rows = [
+        (w["name"], w["served"]["admission"])
+        for w in results.get("workloads", [])
+        if w["served"].get("admission")
+    ]
+    rows += [
+        (t["name"], t["served"]["admission"])
+        for t in results.get("transports", [])
+        if t["served"].get("admission")
+    ]
+    for entry in results.get("cache", []):
+        for label, record in entry["served"].get("admission", {}).items():
+            rows.append((f"{entry['name']} (cache {label})", record))
+    return rows
 
 
 # -- markdown ------------------------------------------------------------------------------------
@@ -517,7 +585,92 @@ def markdown(results: dict[str, Any]) -> str:
         if s["shadow"]:
             lines += _shadow_section(s, summary)
     lines += _transport_section(results)
+    lines += _cache_section(results)
+    lines += _admission_section(results)
     return "\n".join(lines) + "\n"
+
+
+def _pct(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None or math.isnan(value) else f"{100 * value:.{digits}f}%"
+
+
+def _cache_section(results: dict[str, Any]) -> list[str]:
+    """The output-cache comparisons: one table per model."""
+    compared = summarise_all_cache(results)
+    if not compared:
+        return []
+    mix = next(iter(compared.values()))["mix"]
+    lines = [
+        "",
+        "## Output cache on a Zipf mix",
+        "",
+        f"{mix['distinct']} distinct 640x480 photos ({mix['images']}: crops, flips and resizes of the "
+        f"scikit-image photos) in a Zipf mix (exponent {_f(mix['zipf_s'], 2)}, seed {mix['seed']}), each "
+        "client its own stream of independent draws, to two servers side by side: `cache: {enabled: "
+        "true, merge_in_flight: true}` in `model.yaml` (on) and neither (off). The servers take turns "
+        "at each point and get the same stretch of the mix; every point continues it where the last "
+        "left off. Ratio: on / off. Hit ratio: cache hits over lookups in the window (the cache fills "
+        "from empty with the server, so the first points include its filling); merged: inputs that "
+        "shared an identical input's forward pass in flight, over lookups. An unbounded cache, empty "
+        f"at the start, would hit {_pct(mix['unbounded_hit_ratio'], 1)} of the whole mix.",
+    ]
+    for c in compared.values():
+        cold, rss = c["cold_start_s"], c["peak_rss_mb"]
+        lines += [
+            "",
+            f"### {c['model']} ({c['images']}): output cache",
+            "",
+            f"Cold start off / on {_f(cold.get(CACHE_BASELINE))} / {_f(cold.get(CACHE_ON))} s, peak RSS "
+            f"{_f(rss.get(CACHE_BASELINE), 0)} / {_f(rss.get(CACHE_ON), 0)} MB.",
+            "",
+            "| clients | req/s off | req/s on | ratio | p50 ms off → on | ratio | p99 ms off → on | ratio "
+            "| hit ratio | merged | errors off / on |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for clients in c["clients"]:
+            by = c["points"][clients]
+            off, on = by.get(CACHE_BASELINE), by.get(CACHE_ON)
+            if off is None or on is None:
+                continue
+            r = c["ratios"][clients]
+            lines.append(
+                f"| {clients} | {_with_spread(off['throughput_rps'])} | {_with_spread(on['throughput_rps'])} "
+                f"| {_f(r['throughput_rps'], 2)} "
+                f"| {_ms(off['p50_ms'])} → {_ms(on['p50_ms'])} | {_f(r['p50_ms'], 2)} "
+                f"| {_ms(off['p99_ms'])} → {_ms(on['p99_ms'])} | {_f(r['p99_ms'], 2)} "
+                f"| {_f(on['hit_ratio']['median'], 3)} | {_f(on['merged_share']['median'], 3)} "
+                f"| {off['errors']} / {on['errors']} |"
+            )
+    return lines
+
+
+def _admission_section(results: dict[str, Any]) -> list[str]:
+    """Predictive admission's record on every served run: how far its predictions were off."""
+    rows = admission_rows(results)
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## Admission predictions",
+        "",
+        "Predictive admission (the default, `batching.admission: predictive`) predicts each input's "
+        "answer time before queueing it. Per server, over its whole run (warm-ups and every point "
+        "included), from `/metrics`: admitted inputs scored against their prediction, the mean of "
+        "|answered - predicted| (`inference_engine_admission_prediction_error_seconds` sum / count), "
+        "the share answered later than predicted, and inputs refused before queueing. Requests carried "
+        "the server's default deadline (30 s), so a refusal for the deadline is not expected here.",
+        "",
+        "| server | inputs scored | mean abs error ms | answered late | refused: deadline / queue full |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, record in rows:
+        refused = record.get("refused") or {}
+        lines.append(
+            f"| {name} | {_f(record.get('predictions'), 0)} | {_f(record.get('mean_error_ms'), 2)} "
+            f"| {_pct(record.get('late_share'))} "
+            f"| {_f(refused.get('deadline', 0.0), 0)} / {_f(refused.get('queue_full', 0.0), 0)} |"
+        )
+    return lines
 
 
 # -- plots ---------------------------------------------------------------------------------------
@@ -673,16 +826,22 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+#: What :func:`write` adds to a results document, recomputed whenever it is read.
+SUMMARIES = ("summary", "transport_summary", "cache_summary")
+
+
 def write(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
     """``<stem>.json``, ``<stem>.md`` and the plots under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     document = _jsonable({**results, "summary": summarise(results)})
     if results.get("transports"):
         document["transport_summary"] = _jsonable(summarise_all_transports(results))
+    if results.get("cache"):
+        document["cache_summary"] = _jsonable(summarise_all_cache(results))
     json_path = out / f"{stem}.json"
     json_path.write_text(json.dumps(document, indent=1) + "\n")
     # Rendered from what was saved, so that re-rendering the JSON later gives the same report.
-    saved = {key: value for key, value in document.items() if key not in ("summary", "transport_summary")}
+    saved = {key: value for key, value in document.items() if key not in SUMMARIES}
     md_path = out / f"{stem}.md"
     md_path.write_text(markdown(saved))
     return [json_path, md_path, *plot(saved, out, stem)]
@@ -691,8 +850,8 @@ def write(results: dict[str, Any], out: Path, stem: str) -> list[Path]:
 def load_results(path: Path) -> dict[str, Any]:
     """A saved ``results.json``, with its summary recomputed (keys back to numbers)."""
     results: dict[str, Any] = json.loads(path.read_text())
-    results.pop("summary", None)
-    results.pop("transport_summary", None)
+    for key in SUMMARIES:
+        results.pop(key, None)
     return results
 
 

@@ -43,11 +43,30 @@ the binary tensor extension and gRPC ``ModelInfer``, each at 1 and 32 clients in
 the transports interleaved. No raw passes: the ratios are to REST multipart. They go to the
 results' ``transports`` list and the report's "Transports" section (``--quick --workloads
 efficientnet_lite0@transports``: about a minute).
+
+The ``@cache`` workloads (the tiny CNN and EfficientNet-Lite0 in the default set, the tiny CNN's
+in ``--quick``) measure the output cache where it helps: 500 distinct photos
+(``variants500``, :mod:`bench.workloads`) sent in a Zipf mix (exponent 1.1, a fixed seed), each
+client its own independent stream of draws, to two servers started side by side: one with
+``cache: {enabled: true, merge_in_flight: true}`` in ``model.yaml``, one without. Both get the
+same requests at 8 and 32 clients in a closed loop, the servers taking turns (A B, then B A) and
+every window continuing the mix where the previous point left off. Per point: req/s, p50 and p99
+of each, their ratio (cache on / off), and from ``/metrics`` the cache's hit ratio (hits over
+lookups) and the share of inputs merged into an identical one in flight. The cache starts empty
+with the server, so the first windows' hit ratio includes its filling. No raw passes. They go to
+the results' ``cache`` list and the report's "Output cache" section (``--quick --workloads
+tiny_cnn@cache``: about 40 s).
+
+After every served run the server's predictive-admission record is read from ``/metrics``:
+admitted inputs scored, the mean absolute error of their predicted answer time and the share
+answered later than predicted, and the inputs refused by reason (the report's "Admission
+predictions" table; per window, ``admission`` in each point).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import math
@@ -65,16 +84,23 @@ from pathlib import Path
 from typing import Any
 
 from bench import load, report, transports
-from bench.server import ServedModel, parse_metrics, shadow_counters, window_metrics
+from bench.server import ServedModel, admission_totals, parse_metrics, shadow_counters, window_metrics
 from bench.workloads import (
+    CACHE_OVERRIDES,
     DEFAULT_CACHE,
     ROOT,
     SHADOW_OVERRIDES,
+    VARIANTS,
+    ZIPF_S,
+    ZIPF_SEED,
     ApiProtocol,
+    image_set,
     model_specs,
     request_set,
     weights_for,
     write_repository,
+    zipf_expected_hit_ratio,
+    zipf_sequence,
 )
 
 RESULTS = ROOT / "bench" / "results"
@@ -93,11 +119,20 @@ class Workload:
     protocol: ApiProtocol = "native"  # "v2": pre-processed tensors as V2 JSON (bench.workloads)
     shadow: bool = False  # two identical versions, every request copied to version 2 (SHADOW_OVERRIDES)
     transports: bool = False  # the same images over REST and gRPC (bench.transports), no raw passes
+    cache: bool = False  # a Zipf mix to a server with the output cache and one without, no raw passes
 
     @property
     def twin(self) -> str:
         """The plain workload this one is a variant of (itself for a plain one)."""
-        return self.name.partition("@v2")[0].partition("@shadow")[0].partition("@transports")[0]
+        name = self.name
+        for variant in ("@v2", "@shadow", "@transports", "@cache"):
+            name = name.partition(variant)[0]
+        return name
+
+    @property
+    def comparison(self) -> bool:
+        """Servers compared with each other, no raw passes (``@transports``, ``@cache``)."""
+        return self.transports or self.cache
 
     @property
     def versions(self) -> tuple[int, ...]:
@@ -145,9 +180,18 @@ TRANSPORT_WORKLOADS = tuple(
     for w in NATIVE_WORKLOADS
     if w.name in ("efficientnet_lite0", "tiny_cnn")
 )
-WORKLOADS = {w.name: w for w in (*NATIVE_WORKLOADS, *V2_WORKLOADS, *SHADOW_WORKLOADS, *TRANSPORT_WORKLOADS)}
-DEFAULT_WORKLOADS = tuple(w.name for w in (*NATIVE_WORKLOADS, *TRANSPORT_WORKLOADS))
-QUICK_WORKLOADS = ("tiny_cnn", "efficientnet_lite0", "efficientnet_lite0@transports")
+#: Output cache on and off: 500 distinct photos in a Zipf mix, at 8 and 32 clients in a closed loop.
+CACHE_WORKLOADS = tuple(
+    replace(w, name=f"{w.name}@cache", images=VARIANTS, cache=True, concurrency=(8, 32), open_fractions=())
+    for w in NATIVE_WORKLOADS
+    if w.name in ("tiny_cnn", "efficientnet_lite0")
+)
+WORKLOADS = {
+    w.name: w
+    for w in (*NATIVE_WORKLOADS, *V2_WORKLOADS, *SHADOW_WORKLOADS, *TRANSPORT_WORKLOADS, *CACHE_WORKLOADS)
+}
+DEFAULT_WORKLOADS = tuple(w.name for w in (*NATIVE_WORKLOADS, *TRANSPORT_WORKLOADS, *CACHE_WORKLOADS))
+QUICK_WORKLOADS = ("tiny_cnn", "efficientnet_lite0", "efficientnet_lite0@transports", "tiny_cnn@cache")
 
 
 @dataclass(frozen=True)
@@ -386,6 +430,23 @@ def final_shadow_counters(server: ServedModel, settle_s: float = 10.0) -> dict[s
         time.sleep(0.5)
 
 
+def final_admission(server: ServedModel, version: str | None = None) -> dict[str, Any]:
+    """The server's predictive-admission record since it started (:func:`admission_totals`), logged."""
+    with urllib.request.urlopen(f"{server.url}/metrics", timeout=10) as response:
+        admission = admission_totals(response.read().decode(), server.model, version)
+    log(f"  admission: {admission_note(admission)}")
+    return admission
+
+
+def admission_note(admission: dict[str, Any]) -> str:
+    """``41230 admitted inputs scored, mean |error| 3.1 ms, 62% late; refused: none``."""
+    refused = ", ".join(f"{n:.0f} {reason}" for reason, n in admission["refused"].items() if n) or "none"
+    return (
+        f"{admission['predictions']:.0f} admitted inputs scored, mean |error| "
+        f"{admission['mean_error_ms']:.1f} ms, {100 * admission['late_share']:.0f}% late; refused: {refused}"
+    )
+
+
 def served(
     workload: Workload, plan: Plan, cache: Path, out: Path, open_rates: Sequence[float] | None = None
 ) -> dict[str, Any]:
@@ -444,6 +505,7 @@ def served(
 
         load.run(sweep())
         shadow = final_shadow_counters(server) if workload.shadow else None
+        admission = final_admission(server, "1" if workload.shadow else None)
         cold, rss = server.cold_start_s, server.peak_rss_mb
     log_path.unlink(missing_ok=True)
     result: dict[str, Any] = {
@@ -457,6 +519,7 @@ def served(
         "closed": [{"clients": c, "runs": runs} for c, runs in closed.items()],
         "open": [{"rate": r, "runs": runs} for r, runs in opened.items()],
         "open_rates_from": workload.twin if open_rates is not None else "own 32-client throughput",
+        "admission": admission,
     }
     if shadow is not None:
         result["shadow"] = shadow
@@ -508,9 +571,11 @@ def served_transports(workload: Workload, plan: Plan, cache: Path, out: Path) ->
                         )
 
         load.run(sweep())
+        admission = final_admission(server)
         cold, rss = server.cold_start_s, server.peak_rss_mb
     log_path.unlink(missing_ok=True)
     return {
+        "admission": admission,
         "baseline": transports.BASELINE,
         "clients": list(clients_points),
         "transports": {
@@ -535,6 +600,134 @@ def run_transports(workload: Workload, plan: Plan, cache: Path, out: Path) -> di
     started = time.perf_counter()
     log(f"{workload.name}: transports on one server")
     service = served_transports(workload, plan, cache, out)
+    return {
+        "name": workload.name,
+        "model": workload.model,
+        "images": workload.images,
+        "description": spec.description,
+        "model_yaml": {k: v for k, v in document.items() if k != "weights"},
+        "server_env": spec.settings_env,
+        "served": service,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+#: The ``@cache`` comparison's two servers: ``model.yaml`` overrides of each, in turn order.
+CACHE_VARIANTS: dict[str, dict[str, Any]] = {"off": {}, "on": CACHE_OVERRIDES}
+#: Positions of the Zipf mix between consecutive points: more than a point's window sends.
+ZIPF_STRIDE = 1 << 14
+
+
+class Rotated(Sequence[bytes]):
+    """``items`` from position ``offset`` on, wrapping round: a point's share of a long mix."""
+
+    def __init__(self, items: Sequence[bytes], offset: int) -> None:
+        self.items, self.offset = items, offset
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.items[(self.offset + index) % len(self.items)]
+
+
+def served_cache(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, Any]:
+    """The Zipf mix to two servers side by side, output cache off and on, at every point in
+    turn (A B, then B A on the next repeat); each point continues the mix where the last one
+    left off, the two servers getting the same stretch of it."""
+    spec = model_specs()[workload.model]
+    images = image_set(workload.images)
+    sequence = zipf_sequence(len(images))
+    clients_points = plan.concurrency(workload)
+    points: dict[tuple[int, str], list[dict[str, Any]]] = {
+        (c, v): [] for c in clients_points for v in CACHE_VARIANTS
+    }
+    logs = {v: out / f"server-{workload.name.replace('@', '-')}-{v}.log.tmp" for v in CACHE_VARIANTS}
+    with contextlib.ExitStack() as stack:
+        servers = {}
+        for label, overrides in CACHE_VARIANTS.items():
+            repo = write_repository(spec, cache, Path(tempfile.mkdtemp(prefix="bench-repo-")), overrides)
+            server = ServedModel(repo, workload.model, env=spec.settings_env, log_path=logs[label])
+            servers[label] = stack.enter_context(server.start())
+        mixes = {}
+        for label, server in servers.items():
+            built = [load.build_request(spec.path, data, server.port) for data in images]
+            mixes[label] = [built[i] for i in sequence]  # references: one body per distinct image
+        log(
+            f"  served: cache off and on ready in {servers['off'].cold_start_s:.1f} / "
+            f"{servers['on'].cold_start_s:.1f}s; {len(images)} distinct images, Zipf s={ZIPF_S} "
+            f"(seed {ZIPF_SEED}); closed loop {list(clients_points)} x{plan.repeats}"
+        )
+
+        async def sweep() -> None:
+            stretch = 0
+            for repeat in range(plan.repeats):
+                order = list(servers) if repeat % 2 == 0 else list(reversed(servers))
+                for clients in clients_points:
+                    for label in order:
+                        server = servers[label]
+                        probe = Probe(server)
+                        window = await load.closed_loop(
+                            server.port,
+                            Rotated(mixes[label], stretch * ZIPF_STRIDE),
+                            clients,
+                            plan.warmup_s,
+                            plan.duration(workload),
+                            probe.mark,
+                            probe.mark,
+                            disjoint=True,
+                        )
+                        point = {**window.result(), **probe.result()}
+                        points[clients, label].append(point)
+                        cached = point.get("cache", {})
+                        log(
+                            f"    {clients:>2} clients cache {label:<3} (run {repeat + 1}): "
+                            f"{point['throughput_rps']:.1f} req/s, p50 {point['p50_ms']:.1f} ms, "
+                            f"p99 {point['p99_ms']:.1f} ms, errors {point['errors']}"
+                            + (
+                                f", hit ratio {cached['hit_ratio']:.3f}, merged {cached['merged_share']:.3f}"
+                                if cached
+                                else ""
+                            )
+                        )
+                    stretch += 1
+
+        load.run(sweep())
+        admission = {label: final_admission(server) for label, server in servers.items()}
+        cold = {label: server.cold_start_s for label, server in servers.items()}
+        rss = {label: server.peak_rss_mb for label, server in servers.items()}
+    for path in logs.values():
+        path.unlink(missing_ok=True)
+    return {
+        "variants": {label: {"model_yaml_overrides": o} for label, o in CACHE_VARIANTS.items()},
+        "mix": {
+            "images": workload.images,
+            "distinct": len(images),
+            "zipf_s": ZIPF_S,
+            "seed": ZIPF_SEED,
+            "length": len(sequence),
+            "stride": ZIPF_STRIDE,
+            # What an unbounded cache, empty at the start, would hit over the whole mix.
+            "unbounded_hit_ratio": zipf_expected_hit_ratio(sequence),
+        },
+        "clients": list(clients_points),
+        "cold_start_s": cold,
+        "peak_rss_mb": rss,
+        "admission": admission,
+        "points": [
+            {"clients": clients, "variant": label, "runs": runs} for (clients, label), runs in points.items()
+        ],
+    }
+
+
+def run_cache(workload: Workload, plan: Plan, cache: Path, out: Path) -> dict[str, Any]:
+    spec = model_specs()[workload.model]
+    document = spec.model_yaml(weights_for(spec, cache))
+    started = time.perf_counter()
+    log(f"{workload.name}: output cache off vs on, Zipf mix")
+    service = served_cache(workload, plan, cache, out)
     return {
         "name": workload.name,
         "model": workload.model,
@@ -602,8 +795,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         choices=sorted(WORKLOADS),
         help=(
-            "default: every native workload and the @transports ones (quick: two and "
-            "efficientnet_lite0@transports); the @v2 and @shadow ones run when named"
+            "default: every native workload, the @transports and the @cache ones (quick: two, "
+            "efficientnet_lite0@transports and tiny_cnn@cache); the @v2 and @shadow ones run when named"
         ),
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
@@ -621,9 +814,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     names = args.workloads or (QUICK_WORKLOADS if args.quick else DEFAULT_WORKLOADS)
     # Shadow twins after the plain ones, so that they run at the plain twin's open-loop rates;
-    # the transport comparisons last.
+    # the comparisons (transports, then the output cache) last.
     names = sorted(
-        dict.fromkeys(names), key=lambda name: (WORKLOADS[name].transports, WORKLOADS[name].shadow)
+        dict.fromkeys(names),
+        key=lambda name: (WORKLOADS[name].comparison, WORKLOADS[name].cache, WORKLOADS[name].shadow),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
@@ -651,10 +845,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         request_set(workload.model, workload.images, workload.protocol)
     workloads: list[dict[str, Any]] = []
     compared: list[dict[str, Any]] = []
+    cached: list[dict[str, Any]] = []
     for name in names:
         workload = WORKLOADS[name]
         if workload.transports:
             compared.append(run_transports(workload, plan, args.cache, args.out))
+            continue
+        if workload.cache:
+            cached.append(run_cache(workload, plan, args.cache, args.out))
             continue
         twin = next((w for w in workloads if w["name"] == workload.twin), None)
         rates = [p["rate"] for p in twin["served"]["open"]] if workload.shadow and twin else None
@@ -667,6 +865,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, Any] = {"meta": meta, "workloads": workloads}
     if compared:
         results["transports"] = compared
+    if cached:
+        results["cache"] = cached
     results["summary"] = report.summarise(results)
     stem = "quick" if args.quick else "results"
     report.write(results, args.out, stem)

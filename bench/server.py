@@ -8,11 +8,16 @@ background thread (peak RSS) and reads its CPU time at window edges (CPU cores u
 sizes and the server-side time split (pre-processing, queue wait, forward pass) of a window are
 differences of two scrapes. For a model with shadow versions, :func:`parse_metrics` reads one
 version's series and the copies by outcome, and :func:`shadow_counters` the version pairs'
-totals and agreement.
+totals and agreement. It also reads the output cache's lookups and merged inputs and predictive
+admission's record (predictions scored, their error, refusals), so a window gets ``cache`` and
+``admission`` figures (:func:`cache_figures`, :func:`admission_figures`) and a whole run
+:func:`admission_totals`; :func:`wait_idle` waits for a model's queue to empty between windows.
+``ServedModel(args=("--config", FILE))`` adds a settings layer (auth, tenants).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -31,6 +36,8 @@ from typing import IO, Any
 
 import psutil
 
+from bench.load import fetch
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: Histogram series read from ``/metrics`` (``_sum`` and ``_count`` of each).
@@ -39,6 +46,19 @@ SERIES = {
     "preprocess_s": "inference_engine_preprocess_duration_seconds",
     "queue_wait_s": "inference_engine_queue_wait_seconds",
     "inference_s": "inference_engine_inference_duration_seconds",
+    # |answered - predicted| of each input predictive admission admitted
+    "admission_error_s": "inference_engine_admission_prediction_error_seconds",
+}
+#: Counters read by one label, as ``{prefix}{label value}`` keys: output-cache lookups
+#: (``cache_hit``, ``cache_miss``), inputs merged into an identical one in flight (``merged``),
+#: admitted inputs answered before or after their predicted time (``predicted_early``,
+#: ``predicted_late``) and inputs refused before queueing (``refused_deadline``,
+#: ``refused_queue_full``).
+COUNTERS = {
+    "inference_engine_cache_lookups_total": ("cache_", "result"),
+    "inference_engine_merged_inputs_total": ("merged", ""),
+    "inference_engine_admission_predictions_total": ("predicted_", "outcome"),
+    "inference_engine_admission_refusals_total": ("refused_", "reason"),
 }
 
 
@@ -82,6 +102,11 @@ def parse_metrics(text: str, model: str, version: str | None = None) -> dict[str
             continue
         if version is not None and f'version="{version}"' not in labels:
             continue
+        if name in COUNTERS:
+            prefix, label = COUNTERS[name]
+            key = prefix + (_labels(labels).get(label, "") if label else "")
+            values[key] = values.get(key, 0.0) + float(value)
+            continue
         for key, series in SERIES.items():
             if name in (series + "_sum", series + "_count"):
                 values[key + name[len(series) :]] = float(value)
@@ -113,7 +138,49 @@ def window_metrics(before: Mapping[str, float], after: Mapping[str, float]) -> d
     }
     if any(key.startswith("shadow_") for key in after):
         out["shadow"] = {outcome: delta.get("shadow_" + outcome, 0.0) for outcome in SHADOW_OUTCOMES}
+    if "cache_hit" in after or "cache_miss" in after or "merged" in after:
+        out["cache"] = cache_figures(delta)
+    if any(key.startswith(("predicted_", "refused_")) for key in after) or "admission_error_s_count" in after:
+        out["admission"] = admission_figures(delta)
     return out
+
+
+def cache_figures(counts: Mapping[str, float]) -> dict[str, float]:
+    """Output-cache lookups (hits, misses), inputs merged in flight, and the hit ratio (hits over
+    lookups) and merged share (merged over lookups), from :func:`parse_metrics` counts."""
+    hits, misses, merged = (counts.get(k, 0.0) for k in ("cache_hit", "cache_miss", "merged"))
+    lookups = hits + misses
+    return {
+        "hits": hits,
+        "misses": misses,
+        "merged": merged,
+        "hit_ratio": hits / lookups if lookups else math.nan,
+        "merged_share": merged / lookups if lookups else math.nan,
+    }
+
+
+def admission_figures(counts: Mapping[str, float]) -> dict[str, Any]:
+    """Predictive admission's record, from :func:`parse_metrics` counts: admitted inputs scored
+    against their predicted answer time, the mean absolute error (ms), the share answered later
+    than predicted, and the inputs refused before queueing, by reason."""
+    scored = counts.get("admission_error_s_count", 0.0)
+    early, late = counts.get("predicted_early", 0.0), counts.get("predicted_late", 0.0)
+    return {
+        "predictions": scored,
+        "mean_error_ms": 1000.0 * counts.get("admission_error_s_sum", 0.0) / scored if scored else math.nan,
+        "late_share": late / (early + late) if early + late else math.nan,
+        "refused": {
+            key[len("refused_") :]: value
+            for key, value in sorted(counts.items())
+            if key.startswith("refused_")
+        },
+    }
+
+
+def admission_totals(text: str, model: str, version: str | None = None) -> dict[str, Any]:
+    """:func:`admission_figures` of ``model`` since the server started, from one ``/metrics`` text
+    (``version``: that version's series only)."""
+    return admission_figures(parse_metrics(text, model, version))
 
 
 def shadow_counters(text: str, model: str) -> dict[str, dict[str, float]]:
@@ -146,6 +213,35 @@ def shadow_counters(text: str, model: str) -> dict[str, dict[str, float]]:
     return pairs
 
 
+#: Gauges of a model's backlog: inputs queued, requests being handled.
+BACKLOG = {"inference_engine_queue_depth": "queue_depth", "inference_engine_in_flight_requests": "in_flight"}
+
+
+def backlog(text: str, model: str) -> dict[str, float]:
+    """``model``'s inputs queued and requests in flight (every version), from ``/metrics`` text."""
+    out = dict.fromkeys(BACKLOG.values(), 0.0)
+    for line in text.splitlines():
+        if line.startswith("#") or "{" not in line:
+            continue
+        name, _, rest = line.partition("{")
+        labels, _, value = rest.rpartition("} ")
+        if name in BACKLOG and _labels(labels).get("model") == model:
+            out[BACKLOG[name]] += float(value)
+    return out
+
+
+async def wait_idle(port: int, model: str, timeout_s: float = 30.0) -> float:
+    """Wait until ``model`` has nothing queued or in flight (at most ``timeout_s``): what a flood
+    left behind must not be the next window's backlog. Returns the seconds waited."""
+    started = time.perf_counter()
+    while time.perf_counter() - started < timeout_s:
+        _, body = await fetch(port, "/metrics")
+        if not any(backlog(body.decode(), model).values()):
+            break
+        await asyncio.sleep(0.1)
+    return time.perf_counter() - started
+
+
 @dataclass
 class ServedModel:
     """One server process serving one model from ``repository``."""
@@ -154,6 +250,7 @@ class ServedModel:
     model: str
     env: Mapping[str, str] = field(default_factory=dict)
     launcher: tuple[str, ...] = ("-m", "inference_engine")  # bench.serve_with swaps uvicorn's loop/parser
+    args: tuple[str, ...] = ()  # more ``serve`` arguments (``--config FILE``: an extra settings layer)
     log_path: Path | None = None
     port: int = 0
     grpc_port: int = 0  # the gRPC listener's (the dev config serves gRPC): a free port, not 8001
@@ -190,6 +287,7 @@ class ServedModel:
             str(self.port),
             "--grpc-port",
             str(self.grpc_port),
+            *self.args,
         ]
         self._log = self.log_path.open("wb") if self.log_path else None
         sink = self._log if self._log is not None else subprocess.DEVNULL
