@@ -65,11 +65,18 @@ async def test_a_deadline_shorter_than_the_queue_ahead_is_refused_at_once(server
     before = metrics(server)
     async with client_for(server) as client:
         backlog = await load(client, "slowish", LOAD)
-        started = time.monotonic()
-        probe = await client.post(
-            "/v1/models/slowish/predict", content=GREEN, headers={**PNG, "X-Request-Timeout-Ms": "200"}
-        )
-        refused_in = time.monotonic() - started
+        probes, refused_in = [], []
+        for _ in range(5):  # several: one on a 2-core machine under load may meet a GC pause
+            started = time.monotonic()
+            probes.append(
+                await client.post(
+                    "/v1/models/slowish/predict",
+                    content=GREEN,
+                    headers={**PNG, "X-Request-Timeout-Ms": "200"},
+                )
+            )
+            refused_in.append(time.monotonic() - started)
+        probe = probes[0]
         v2 = await client.post(
             "/v2/models/slowish/infer",
             content=json.dumps({"parameters": {"timeout": 200_000}, "inputs": [V2_IMAGE]}),  # microseconds
@@ -78,10 +85,10 @@ async def test_a_deadline_shorter_than_the_queue_ahead_is_refused_at_once(server
             "/v1/models/slowish/predict", content=GREEN, headers={**PNG, "X-Request-Timeout-Ms": "15000"}
         )
         answers = await asyncio.gather(*backlog)
-    assert probe.status_code == 503, probe.text
+    assert [p.status_code for p in probes] == [503] * 5, probe.text
     assert probe.json()["error"]["type"] == "deadline_unmeetable"
     assert int(probe.headers["retry-after"]) >= 1
-    assert refused_in < 0.05, f"refused after {refused_in * 1000:.0f} ms"
+    assert sorted(refused_in)[2] < 0.05, f"refused after {[round(s * 1000) for s in refused_in]} ms"
     assert v2.status_code == 503, v2.text
     assert "deadline" in v2.json()["error"]  # the Open Inference Protocol's error shape
     assert generous.status_code == 200
@@ -92,9 +99,9 @@ async def test_a_deadline_shorter_than_the_queue_ahead_is_refused_at_once(server
     ran = metric_value(after, "inference_engine_batch_size_sum", **labels) - metric_value(
         before, "inference_engine_batch_size_sum", **labels
     )
-    assert ran == LOAD + 1  # the backlog and the generous request; neither probe
+    assert ran == LOAD + 1  # the backlog and the generous request; no probe
     refused = metric_value(after, "inference_engine_admission_refusals_total", **labels, reason="deadline")
-    assert refused >= 1
+    assert refused >= 6  # the five probes and the V2 one
     assert metric_value(after, "inference_engine_admission_prediction_error_seconds_count", **labels) >= LOAD
 
 

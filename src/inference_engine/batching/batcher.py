@@ -131,6 +131,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
         self._held: dict[int, list[WorkItem[ItemT]]] = {}
         # Per loop running a forward pass now: (batch size, when it started).
         self._running: dict[int, tuple[int, float]] = {}
+        self._last_done: dict[int, float] = {}  # per loop, when its last batch was answered
         self._accepting = False
         self._throughput = 0.0  # items per second, smoothed; feeds Retry-After
         self._progress = asyncio.Event()  # set whenever queued work is consumed (drain waits on it)
@@ -324,11 +325,16 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
                     into=batch,
                 )
                 self.delay.idled(max(0.0, batch[0].enqueued_at - waiting_since))
-                self._running[index] = (len(batch), time.monotonic())
+                started = time.monotonic()
+                last_done = self._last_done.get(index)
+                if last_done is not None and batch[0].enqueued_at < last_done:  # a backlog: no idling
+                    self.admission.forecast.turned_around(started - last_done)
+                self._running[index] = (len(batch), started)
                 try:
                     await self._run_batch(worker, predict, batch)
                 finally:
                     del self._running[index]
+                    self._last_done[index] = time.monotonic()
                     self._progress.set()
         except BaseException as exc:  # cancelled (abort, drain) or a bug: leave no item behind
             error = self._stop_error(exc)

@@ -10,7 +10,11 @@ finish, from what is ahead of it and the measured forward time per batch size
 * the inputs ahead of it (queued, in the fair queue's order, or in a batch still forming) leave
   in full batches, each on the first instance free (inputs still being decoded are not counted:
   they queue when they are ready, and are counted then);
-* its own batch then runs, at the size it would have with the inputs ahead of it in it.
+* its own batch then runs: at the size it would have with the inputs ahead of it in it, or
+  full when at least a full batch is ahead (more inputs arrive behind it meanwhile);
+* between one batch and the next on an instance the loop spends a measured *turnaround*
+  (answering the batch, logging it, taking the next off the queue): small against a forward
+  pass of a large model, a good part of one for a small model, and paid once per batch ahead.
 
 A new input whose deadline is earlier than that is refused at once (503 with ``Retry-After``:
 the time until the backlog ahead would have shrunk enough) instead of queueing to time out.
@@ -24,7 +28,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 
-from inference_engine.batching.forward import ForwardTimes
+from inference_engine.batching.forward import ALPHA, ForwardTimes
 
 
 class CompletionForecast:
@@ -34,6 +38,12 @@ class CompletionForecast:
         self.forward = forward
         self.max_batch_size = max_batch_size
         self.instances = max(1, instances)
+        self.turnaround_s = 0.0
+
+    def turned_around(self, seconds: float) -> None:
+        """The loop took ``seconds`` from the end of one batch to the start of the next, with
+        inputs waiting all along (so none of it was waiting for work)."""
+        self.turnaround_s += ALPHA * (seconds - self.turnaround_s)
 
     def seconds_until_answer(self, ahead: int, running: Iterable[tuple[int, float]]) -> float | None:
         """Seconds from now until an input with ``ahead`` inputs in front of it is answered.
@@ -49,10 +59,13 @@ class CompletionForecast:
         free_at = [0.0] * self.instances
         for index, (size, elapsed) in enumerate(running):
             expected = self.forward.estimate(size) or full
-            free_at[index % self.instances] = max(free_at[index % self.instances], expected - elapsed, 0.0)
+            free = max(expected - elapsed, 0.0) + self.turnaround_s
+            free_at[index % self.instances] = max(free_at[index % self.instances], free)
         heapq.heapify(free_at)
         whole_batches, place = divmod(max(ahead, 0), self.max_batch_size)
         for _ in range(whole_batches):
-            heapq.heappush(free_at, heapq.heappop(free_at) + full)
-        mine = self.forward.estimate(place + 1) or full
+            heapq.heappush(free_at, heapq.heappop(free_at) + full + self.turnaround_s)
+        # Behind a backlog its batch fills up with what arrives meanwhile: a full pass. Without
+        # one, the batch closes with what is there (eager closing): the inputs ahead and itself.
+        mine = full if whole_batches else (self.forward.estimate(place + 1) or full)
         return heapq.heappop(free_at) + mine
