@@ -123,3 +123,17 @@ async def test_labels_that_do_not_fit_the_network_fail_the_load(tmp_path: Path) 
     reason = svc.readiness().models["misfit"]
     assert reason is not None and "answers 5 class probabilities but has 3 labels" in reason
     await svc.stop(1.0)
+
+
+async def test_a_loaded_model_s_heap_is_frozen_until_it_is_released(tmp_path: Path) -> None:
+    import gc
+
+    add_colour_model(tmp_path, "colour")
+    svc = build(tmp_path)
+    gc.unfreeze()
+    svc.start()
+    await svc.wait_loaded()
+    # Full collections skip what loading left behind (they paused the loop for up to 140 ms).
+    assert gc.get_freeze_count() > 0
+    await svc.stop(1.0)
+    assert gc.get_freeze_count() == 0  # an unloaded model's objects can be collected again
