@@ -312,6 +312,21 @@ SERVED: dict[str, Lever] = {
             levels=(1, 8, 32),
             images=STRIPES,
         ),
+        Lever(
+            "reuse_admission_parts",
+            "which part of everything-on costs where it cannot help: predictive admission alone, the "
+            "output cache alone, merging alone, against queue-only admission and no cache (tiny CNN, "
+            "every image distinct)",
+            "tiny_cnn",
+            (
+                Variant("all off", {"admission": "queue_only"}),
+                Variant("predictive admission", {"admission": "predictive"}),
+                Variant("output cache", {"admission": "queue_only", "cache": {"enabled": True}}),
+                Variant("merging", {"admission": "queue_only", "cache": {"merge_in_flight": True}}),
+            ),
+            levels=(8, 32),
+            images=STRIPES,
+        ),
     )
 }
 
