@@ -132,10 +132,15 @@ class InputPipeline:
             if output is not None:
                 return InputRun(output, preprocess_s, 0.0, 0.0, 0, item, cached=True)
 
-        def work() -> Awaitable[InputRun]:
-            return self.submit(runtime, "image", item, preprocess_s, deadline, request_id, caller)
-
-        run = await (work() if reuse.flights is None else reuse.flights.run(key, work, deadline))
+        if reuse.flights is None:
+            run = await self.submit(runtime, "image", item, preprocess_s, deadline, request_id, caller)
+        else:
+            # Queued at once by whichever caller starts the flight (no task in between: the
+            # input stays counted, announced or queued, so a forming batch waits for it).
+            result = await reuse.flights.run(
+                key, lambda: self.enqueue(runtime, "image", item, deadline, request_id, caller), deadline
+            )
+            run = self._answered(result, preprocess_s, item)
         if reuse.cache is not None:
             reuse.cache.put(key, run.output)
         return run
@@ -159,26 +164,37 @@ class InputPipeline:
         self, runtime: ModelRuntime, modality: Modality, item: Any, preprocess_s: float, deadline: float,
         request_id: str, caller: Caller = DEFAULT_CALLER,
     ) -> InputRun:  # fmt: skip
-        self._admit(runtime)
-        batcher = runtime.batchers[modality]  # ready implies running batchers
-        request_span = trace.get_current_span().get_span_context()
-        enqueued_ns = time.time_ns()
-        future = batcher.submit(
-            item, deadline=deadline, request_id=request_id, span_context=request_span, caller=caller
-        )
+        future = self.enqueue(runtime, modality, item, deadline, request_id, caller)
         remaining = deadline - time.monotonic()
         try:
             result: BatchResult[Any] = await asyncio.wait_for(future, timeout=max(remaining, 0.0))
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within the request deadline ({runtime.name})") from None
-        self._record_batch_spans(enqueued_ns, result)
+        return self._answered(result, preprocess_s, item)
+
+    def enqueue(
+        self, runtime: ModelRuntime, modality: Modality, item: Any, deadline: float, request_id: str,
+        caller: Caller,
+    ) -> asyncio.Future[Any]:  # fmt: skip
+        """Queue a prepared input on the model's batcher; the future resolves to its
+        :class:`~inference_engine.batching.BatchResult` (refusals raise here, at once)."""
+        self._admit(runtime)
+        batcher = runtime.batchers[modality]  # ready implies running batchers
+        request_span = trace.get_current_span().get_span_context()
+        return batcher.submit(
+            item, deadline=deadline, request_id=request_id, span_context=request_span, caller=caller
+        )
+
+    def _answered(self, result: BatchResult[Any], preprocess_s: float, item: Any) -> InputRun:
+        self._record_batch_spans(result)
         return InputRun(
             result.output, preprocess_s, result.queue_s, result.inference_s, result.batch_size, item
         )
 
-    def _record_batch_spans(self, enqueued_ns: int, result: BatchResult[Any]) -> None:
+    def _record_batch_spans(self, result: BatchResult[Any]) -> None:
         """Queue-wait and inference spans for this request, timed from what the batcher measured."""
-        batch_started_ns = enqueued_ns + int(result.queue_s * 1e9)
+        batch_started_ns = result.started_ns
+        enqueued_ns = batch_started_ns - int(result.queue_s * 1e9)
         self._tracer.start_span("queue_wait", start_time=enqueued_ns).end(end_time=batch_started_ns)
         span = self._tracer.start_span(
             "inference",

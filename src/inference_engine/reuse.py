@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -140,7 +140,7 @@ class OutputCache:
 
 @dataclass(eq=False)
 class _Flight:
-    task: asyncio.Task[Any]
+    future: asyncio.Future[Any]
     waiting: int = 0
 
 
@@ -154,23 +154,26 @@ class Flights:
     def __len__(self) -> int:
         return len(self._flights)
 
-    async def run(self, key: CacheKey, work: Callable[[], Awaitable[T]], deadline: float) -> T:
-        """``work()``'s result, shared with every caller of the same ``key`` while it runs.
+    async def run(self, key: CacheKey, start: Callable[[], asyncio.Future[T]], deadline: float) -> T:
+        """The result of the future ``start()`` returns (an input queued on a batcher), shared
+        with every caller of the same ``key`` while it is pending.
 
-        This caller waits until its own ``deadline`` (504 past it) and may be cancelled on its
-        own; the shared run is cancelled when its last caller leaves. A run that failed with a
-        deadline (the one it ran under, its starter's) is run again for a caller with time left.
+        ``start`` runs at once, in the caller's step (a refusal raises from it, and the input is
+        queued with no task switch in between). This caller waits until its own ``deadline``
+        (504 past it) and may be cancelled on its own; the shared future is cancelled (its input
+        dropped before its batch) when its last caller leaves. A run that failed with a deadline
+        (the one it was queued under, its starter's) is queued again for a caller with time left.
         """
         while True:
             flight = self._flights.get(key)
             if flight is None:
-                flight = self._start(key, work)
+                flight = self._start(key, start)
             else:
                 self._merged.inc()
             flight.waiting += 1
             try:
                 async with asyncio.timeout(max(deadline - time.monotonic(), 0.0)):
-                    return await asyncio.shield(flight.task)
+                    return await asyncio.shield(flight.future)
             except TimeoutError:
                 raise DeadlineExceeded("no answer within the request deadline") from None
             except DeadlineExceeded:
@@ -179,20 +182,20 @@ class Flights:
                 # Its run's deadline was another caller's; this one still has time: go again.
             finally:
                 flight.waiting -= 1
-                if not flight.waiting and not flight.task.done():
-                    flight.task.cancel()  # nobody waits for it: give its batch slot back
+                if not flight.waiting and not flight.future.done():
+                    flight.future.cancel()  # nobody waits for it: give its batch slot back
 
-    def _start(self, key: CacheKey, work: Callable[[], Awaitable[T]]) -> _Flight:
-        flight = _Flight(asyncio.ensure_future(work()))
+    def _start(self, key: CacheKey, start: Callable[[], asyncio.Future[T]]) -> _Flight:
+        flight = _Flight(start())
         self._flights[key] = flight
 
-        def landed(task: asyncio.Task[Any]) -> None:
+        def landed(future: asyncio.Future[Any]) -> None:
             if self._flights.get(key) is flight:
                 del self._flights[key]
-            if not task.cancelled():
-                task.exception()  # retrieved: a failure nobody waited for is not "never retrieved"
+            if not future.cancelled():
+                future.exception()  # retrieved: a failure nobody waited for is not "never retrieved"
 
-        flight.task.add_done_callback(landed)
+        flight.future.add_done_callback(landed)
         return flight
 
 

@@ -84,87 +84,80 @@ def test_ten_thousand_distinct_outputs_stay_within_the_bound(metrics: Metrics) -
 
 async def test_identical_inputs_in_flight_share_one_run(metrics: Metrics) -> None:
     flights = Flights(LABELS, metrics)
-    runs = 0
-    release = asyncio.Event()
+    started: list[asyncio.Future[str]] = []
 
-    async def work() -> str:
-        nonlocal runs
-        runs += 1
-        await release.wait()
-        return "answer"
+    def start() -> asyncio.Future[str]:
+        started.append(asyncio.get_running_loop().create_future())
+        return started[-1]
 
     deadline = time.monotonic() + 5
-    callers = [asyncio.create_task(flights.run(("image", b"k"), work, deadline)) for _ in range(32)]
+    callers = [asyncio.create_task(flights.run(("image", b"k"), start, deadline)) for _ in range(32)]
     await asyncio.sleep(0.01)
-    release.set()
+    assert len(started) == 1 and len(flights) == 1  # queued once, at once
+    started[0].set_result("answer")
     assert await asyncio.gather(*callers) == ["answer"] * 32
-    assert runs == 1 and len(flights) == 0
+    assert len(flights) == 0
     assert sample(metrics, "inference_engine_merged_inputs_total") == 31
 
 
 async def test_each_caller_keeps_its_own_deadline_and_cancellation(metrics: Metrics) -> None:
     flights = Flights(LABELS, metrics)
-    started = asyncio.Event()
-    cancelled = asyncio.Event()
+    shared: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
-    async def work() -> str:
-        started.set()
-        try:
-            await asyncio.sleep(0.3)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return "answer"
-
-    patient = asyncio.create_task(flights.run(("image", b"k"), work, time.monotonic() + 5))
-    await started.wait()
+    patient = asyncio.create_task(flights.run(("image", b"k"), lambda: shared, time.monotonic() + 5))
+    await asyncio.sleep(0.01)
     with pytest.raises(DeadlineExceeded):  # an impatient caller leaves at its own deadline
-        await flights.run(("image", b"k"), work, time.monotonic() + 0.05)
-    leaving = asyncio.create_task(flights.run(("image", b"k"), work, time.monotonic() + 5))
+        await flights.run(("image", b"k"), lambda: shared, time.monotonic() + 0.05)
+    leaving = asyncio.create_task(flights.run(("image", b"k"), lambda: shared, time.monotonic() + 5))
     await asyncio.sleep(0.01)
     leaving.cancel()  # its client went away
-    assert await patient == "answer"  # the shared run went on for the caller still waiting
-    assert not cancelled.is_set()
+    await asyncio.sleep(0.01)
+    assert not shared.cancelled()  # still queued for the caller that waits
+    shared.set_result("answer")
+    assert await patient == "answer"
 
 
 async def test_the_shared_run_stops_when_its_last_caller_leaves(metrics: Metrics) -> None:
     flights = Flights(LABELS, metrics)
-    cancelled = asyncio.Event()
-
-    async def work() -> str:
-        try:
-            await asyncio.sleep(5)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-        return "never"
-
-    only = asyncio.create_task(flights.run(("image", b"k"), work, time.monotonic() + 5))
+    shared: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    only = asyncio.create_task(flights.run(("image", b"k"), lambda: shared, time.monotonic() + 5))
     await asyncio.sleep(0.01)
     only.cancel()
-    await asyncio.wait_for(cancelled.wait(), 1.0)  # its batch slot given back
-    await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    assert shared.cancelled()  # its input is dropped before its batch: the slot given back
     assert len(flights) == 0
 
 
-async def test_a_caller_with_time_left_runs_again_when_the_shared_run_timed_out(metrics: Metrics) -> None:
+async def test_a_refusal_at_queueing_reaches_the_caller_and_starts_no_flight(metrics: Metrics) -> None:
     flights = Flights(LABELS, metrics)
-    calls = 0
 
-    async def work() -> str:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            await asyncio.sleep(0.05)
-            raise DeadlineExceeded("the starter's deadline passed in the queue")
-        return "second run"
+    def refused() -> asyncio.Future[str]:
+        raise DeadlineExceeded("no room")
 
-    starter = asyncio.create_task(flights.run(("image", b"k"), work, time.monotonic() + 0.05))
+    with pytest.raises(DeadlineExceeded, match="no room"):
+        await flights.run(("image", b"k"), refused, time.monotonic() + 5)
+    assert len(flights) == 0
+
+
+async def test_a_caller_with_time_left_queues_again_when_the_shared_run_timed_out(metrics: Metrics) -> None:
+    flights = Flights(LABELS, metrics)
+    loop = asyncio.get_running_loop()
+    started: list[asyncio.Future[str]] = []
+
+    def start() -> asyncio.Future[str]:
+        started.append(loop.create_future())
+        if len(started) == 1:  # dropped in the queue at its starter's deadline
+            loop.call_later(0.05, started[0].set_exception, DeadlineExceeded("passed in the queue"))
+        else:
+            started[-1].set_result("second run")
+        return started[-1]
+
+    starter = asyncio.create_task(flights.run(("image", b"k"), start, time.monotonic() + 0.05))
     await asyncio.sleep(0.01)
-    joiner = asyncio.create_task(flights.run(("image", b"k"), work, time.monotonic() + 5))
+    joiner = asyncio.create_task(flights.run(("image", b"k"), start, time.monotonic() + 5))
     with pytest.raises(DeadlineExceeded):
         await starter
-    assert await joiner == "second run" and calls == 2
+    assert await joiner == "second run" and len(started) == 2
 
 
 def test_reuse_builds_what_its_section_asks(metrics: Metrics) -> None:

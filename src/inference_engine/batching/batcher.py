@@ -72,6 +72,7 @@ class BatchResult(Generic[OutputT]):
     inference_s: float
     batch_size: int
     batch_id: int
+    started_ns: int = 0  # when its forward pass began (``time.time_ns()``), for the trace's spans
 
 
 def _set_result(item: WorkItem[Any], result: Any) -> None:
@@ -370,6 +371,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
     ) -> None:
         batch_id = next(_batch_ids)
         span.set_attribute("inference_engine.batch.id", batch_id)
+        started_ns = time.time_ns()
         started = time.monotonic()
         waits = [started - item.enqueued_at for item in batch]
         for wait in waits:
@@ -421,7 +423,7 @@ class DynamicBatcher(Generic[ItemT, OutputT]):
             else:
                 if item.predicted_at is not None:
                     self.admission.answered(item.predicted_at, answered)
-                _set_result(item, BatchResult(output, wait, elapsed, len(batch), batch_id))
+                _set_result(item, BatchResult(output, wait, elapsed, len(batch), batch_id, started_ns))
 
     def _item_failure(self, exc: BaseException, item: WorkItem[Any]) -> BaseException:
         if isinstance(exc, EngineError):
