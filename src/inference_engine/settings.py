@@ -27,7 +27,7 @@ from pydantic_settings import (
 )
 
 from inference_engine.errors import ConfigError
-from inference_engine.tenancy import FairnessSettings
+from inference_engine.tenancy import FairnessSettings, sha256_digests
 
 ENV_PREFIX = "IE_"
 ENV_NESTED_DELIMITER = "__"
@@ -159,10 +159,7 @@ class AuthSettings(_Section):
     @field_validator("api_key_hashes", "admin_key_hashes")
     @classmethod
     def _hex_sha256(cls, hashes: list[str]) -> list[str]:
-        for digest in hashes:
-            if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
-                raise ValueError("each entry must be a hex SHA-256 digest (64 hex characters)")
-        return [digest.lower() for digest in hashes]
+        return sha256_digests(hashes)
 
 
 class RateLimitOverride(_Section):

@@ -49,6 +49,14 @@ def requested_priority(raw: str | None, ceiling: Priority) -> Priority:
     return max(asked, ceiling, key=PRIORITIES.index)
 
 
+def sha256_digests(hashes: list[str]) -> list[str]:
+    """Key digests as settings hold them: hex SHA-256, lower case (a ``ValueError`` otherwise)."""
+    for digest in hashes:
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
+            raise ValueError("each entry must be a hex SHA-256 digest (64 hex characters)")
+    return [digest.lower() for digest in hashes]
+
+
 class TenantSettings(BaseModel):
     """One tenant: the API keys that act for it, its share of each model's queue and its ceiling."""
 
@@ -65,10 +73,7 @@ class TenantSettings(BaseModel):
     @field_validator("key_hashes")
     @classmethod
     def _hex_sha256(cls, hashes: list[str]) -> list[str]:
-        for digest in hashes:
-            if not re.fullmatch(r"[0-9a-fA-F]{64}", digest):
-                raise ValueError("each entry must be a hex SHA-256 digest (64 hex characters)")
-        return [digest.lower() for digest in hashes]
+        return sha256_digests(hashes)
 
 
 class FairnessSettings(BaseModel):
