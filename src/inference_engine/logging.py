@@ -11,9 +11,12 @@ import json
 import logging
 import logging.config
 import time
+import warnings
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from pydantic.warnings import UnsupportedFieldAttributeWarning
 
 from inference_engine.settings import LoggingSettings
 from inference_engine.tenancy import DEFAULT_CALLER, Caller
@@ -107,7 +110,16 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(settings: LoggingSettings) -> None:
-    """Install handlers on the root logger; uvicorn's own loggers propagate to it."""
+    """Install handlers on the root logger; uvicorn's own loggers propagate to it.
+
+    Python warnings become records of the ``py.warnings`` logger (WARNING), so a JSON log stays
+    JSON lines. Pydantic's warning about ``Field()`` attributes "with no effect" is silenced: it
+    fires, rarely and at request time, on the plain copies FastAPI makes of its path parameters'
+    field infos (pydantic exempts FastAPI's own subclasses for the same reason), and says nothing
+    an operator could act on.
+    """
+    warnings.filterwarnings("ignore", category=UnsupportedFieldAttributeWarning)
+    logging.captureWarnings(True)
     formatter = "json" if settings.format == "json" else "text"
     logging.config.dictConfig(
         {

@@ -90,5 +90,5 @@ def test_quick_mode_measures_every_figure(tmp_path: Path) -> None:
     assert prediction["late_share"] is not None and not math.isnan(prediction["late_share"])
     assert document["measured"]["background"]["statuses"].get("200", 0) > 0
     text = (tmp_path / "admission-quick.md").read_text()
-    assert "| refusal latency p50 / max |" in text and "| inputs dropped in the queue |" in text
+    assert "| refusal latency p50 / p99 / max |" in text and "| inputs dropped in the queue |" in text
     assert not list(tmp_path.glob("*.log.tmp"))

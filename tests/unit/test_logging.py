@@ -35,6 +35,7 @@ def _restore_logging() -> Iterator[None]:
         yield
     finally:
         current_request.reset(token)
+        logging.captureWarnings(False)
         for handler in root.handlers:
             if handler not in saved_root[0]:
                 handler.close()
@@ -65,6 +66,18 @@ def configure(fmt: str, level: str = "INFO") -> logging.Logger:
 
 
 # --- JSON ------------------------------------------------------------------------------------
+
+
+def test_python_warnings_become_json_records(capsys: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
+    logging.captureWarnings(False)  # another test's server may have left it on, under pytest's own
+    configure("json")
+    # What the warnings module calls to show a warning that passed its filters.
+    warnings.showwarning("a library said something", UserWarning, __file__, 1)
+    (record,) = json_lines(capsys.readouterr().err)
+    assert record["level"] == "WARNING" and record["logger"] == "py.warnings"
+    assert "a library said something" in record["message"]
 
 
 def test_json_line_has_the_standard_fields(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,7 +16,7 @@ from typing import Literal
 
 from inference_engine.batching.forecast import CompletionForecast
 from inference_engine.batching.forward import ForwardTimes
-from inference_engine.errors import DeadlineUnmeetable
+from inference_engine.errors import DeadlineExceeded, DeadlineUnmeetable
 from inference_engine.metrics import Metrics
 
 AdmissionMode = Literal["predictive", "queue_only"]
@@ -62,6 +62,8 @@ class Admission:
         if self.mode != "predictive":
             return None
         now = time.monotonic()
+        if now >= deadline:  # nothing to predict: it is late already (its body took its time)
+            raise DeadlineExceeded(f"no answer within the request deadline ({self.model})")
         seconds = self.forecast.seconds_until_answer(ahead, running)
         if seconds is None:
             return None

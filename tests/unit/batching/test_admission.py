@@ -130,3 +130,13 @@ async def test_queue_full_refusals_are_counted(
         batcher.submit(2, deadline=time.monotonic() + 10)
     assert refusals(metrics, "queue_full") == 1
     await asyncio.gather(*held)
+
+
+async def test_a_deadline_already_passed_is_exceeded_not_unmeetable(
+    make_batcher: Callable[..., DynamicBatcher[int, int]],
+) -> None:
+    from inference_engine.errors import DeadlineExceeded
+
+    batcher = make_batcher()
+    with pytest.raises(DeadlineExceeded):  # 504: retrying later would not help a spent budget
+        batcher.check_room(1, deadline=time.monotonic() - 0.001)
