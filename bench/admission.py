@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import load
+from bench.documents import write
 from bench.server import ServedModel, admission_figures, parse_metrics, wait_idle
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -377,24 +378,6 @@ def markdown(document: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [jsonable(v) for v in value]
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else float(f"{value:.5g}")
-    return value
-
-
-def write(document: Mapping[str, Any], out: Path, stem: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    json_path.write_text(json.dumps(jsonable(document), indent=1) + "\n")
-    md_path.write_text(markdown(document))
-    return [json_path, md_path]
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from bench.run import machine, versions
     from bench.workloads import DEFAULT_CACHE, model_specs, request_set, write_repository
@@ -463,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     meta["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     meta["duration_s"] = time.time() - started
     meta["load_average_after"] = list(os.getloadavg())
-    paths = write(document, args.out, stem)
+    paths = write(document, args.out, stem, markdown)
     s = document["summary"]
     log(
         f"done in {meta['duration_s']:.0f}s: probes refused {s['probes']['refused']}/{s['probes']['sent']}, "
