@@ -57,7 +57,14 @@ async def load(client: httpx.AsyncClient, model: str, count: int) -> list[asynci
         asyncio.create_task(client.post(f"/v1/models/{model}/predict", content=GREEN, headers=PNG))
         for _ in range(count)
     ]
-    await asyncio.sleep(0.3)  # all of them queued behind the first passes
+    # Wait until the backlog is really there (on a loaded machine 40 connections take a while):
+    # half of it queued is half a second of passes ahead, more than any probe's deadline.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        depth = metric_value((await client.get("/metrics")).text, "inference_engine_queue_depth", model=model)
+        if depth >= count // 2:
+            break
+        await asyncio.sleep(0.02)
     return tasks
 
 
