@@ -18,6 +18,9 @@ by more than the allowed margin: twice the recorded noise, or ``--margin`` when 
 gross regressions only, never the noise of a shared runner); on a quiet machine, ``make
 bench-check`` without ``--margin`` checks against the noise itself (docs/PERFORMANCE.md).
 
+A workload with a failing figure is measured once more and judged on its better figures: a
+regression in the code shows in both runs, a neighbour that took a core for a minute (a CI stop
+once read the 1-client p50 at 3.9 ms against 2.1-2.4 ms on the same tree) in one.
 ``--results`` checks a finished ``bench.run`` (its ``results.json``) instead of measuring.
 """
 
@@ -62,11 +65,11 @@ def figures(summary: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def measure(cache: Path) -> dict[str, dict[str, float]]:
-    """One short run of every checked workload: its figures, by workload."""
+def measure(cache: Path, names: Sequence[str] = CHECKED) -> dict[str, dict[str, float]]:
+    """One short run of each of ``names``: its figures, by workload."""
     measured: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-check-") as out:
-        for name in CHECKED:
+        for name in names:
             workload = replace(WORKLOADS[name], concurrency=(1, 32), open_fractions=())
             weights_for(model_specs()[workload.model], cache)
             request_set(workload.model, workload.images, workload.protocol)
@@ -106,6 +109,17 @@ def compare(
             if not ok:
                 failures.append(line)
     return lines, failures
+
+
+def better(first: dict[str, float], second: dict[str, float]) -> dict[str, float]:
+    """Each figure's better value of two runs of one workload."""
+    return {figure: (max if HIGHER[figure] else min)(first[figure], second[figure]) for figure in first}
+
+
+def failing_workloads(failures: list[str]) -> list[str]:
+    """The checked workloads that failure lines (``FAIL name figure ...``, ``name: ...``) name."""
+    named = {word.rstrip(":") for line in failures for word in line.split()[:2]}
+    return [name for name in CHECKED if name in named]
 
 
 def update(runs: list[dict[str, dict[str, float]]]) -> dict[str, Any]:
@@ -150,6 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     floors = json.loads(args.floors.read_text(encoding="utf-8"))
     measured = from_results(args.results) if args.results else measure(args.cache)
     lines, failures = compare(measured, floors, args.margin)
+    again = [] if args.results else failing_workloads(failures)
+    if again:
+        log(f"measuring {', '.join(again)} once more before calling it a regression")
+        remeasured = measure(args.cache, again)
+        for name in again:
+            measured[name] = better(measured[name], remeasured[name])
+        lines, failures = compare(measured, floors, args.margin)
     print("\n".join(lines))
     if failures:
         print(f"\n{len(failures)} performance figure(s) regressed:\n" + "\n".join(failures), file=sys.stderr)

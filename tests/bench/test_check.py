@@ -90,3 +90,40 @@ def test_the_stored_floors_cover_the_checked_workloads() -> None:
     for figures in stored["workloads"].values():
         assert set(figures) == set(check.HIGHER)
         assert all(0 <= entry["noise"] < 0.5 and entry["baseline"] > 0 for entry in figures.values())
+
+
+def test_a_failing_workload_is_measured_again_and_judged_on_its_better_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One slow run (a neighbour took a core) does not fail the check; two do."""
+    stored = tmp_path / "floors.json"
+    stored.write_text(json.dumps(floors(baseline_latency=1.5, noise=0.05)))
+    good = {"served_over_raw_32": 0.8, "latency_over_raw_1": 1.5}
+    slow = {"served_over_raw_32": 0.8, "latency_over_raw_1": 3.0}
+    calls: list[tuple[str, ...]] = []
+
+    def runs(*sequence: dict[str, float]) -> None:
+        queue = list(sequence)
+
+        def measure(cache: Path, names: tuple[str, ...] = check.CHECKED) -> dict[str, dict[str, float]]:
+            calls.append(tuple(names))
+            return {"tiny_cnn": queue.pop(0)}
+
+        monkeypatch.setattr(check, "measure", measure)
+
+    runs(slow, good)
+    assert check.main(["--floors", str(stored), "--margin", "0.5"]) == 0
+    assert calls == [check.CHECKED, ("tiny_cnn",)]
+    calls.clear()
+    runs(slow, slow)
+    assert check.main(["--floors", str(stored), "--margin", "0.5"]) == 1
+    calls.clear()
+    runs(good)
+    assert check.main(["--floors", str(stored), "--margin", "0.5"]) == 0
+    assert calls == [check.CHECKED]  # nothing failed: no second run
+
+
+def test_failure_lines_name_their_workloads() -> None:
+    lines = ["FAIL tiny_cnn latency_over_raw_1 = 3.785 (needs <= 3.198)", "efficientnet_lite0: not measured"]
+    assert check.failing_workloads(lines) == ["tiny_cnn", "efficientnet_lite0"]
+    assert check.failing_workloads([]) == []
