@@ -94,11 +94,12 @@ def create_app(
     app.state.metrics = metrics
     metrics.build_info.labels(__version__).set(1)
     install_error_handlers(app)
-    app.include_router(health.build_router(service, settings, metrics))
+    # Routes are matched in this order, one by one, on every request: inference first.
     app.include_router(routes.build_router(service, settings, fetcher))
     v2_router = v2.build_router(service, settings)
     app.include_router(v2_router)
     app.include_router(embeddings.build_router(service, settings))
+    app.include_router(health.build_router(service, settings, metrics))
     control_router = repository.build_router(service, settings)
     app.include_router(control_router)
     # Added first, so it runs inside the request-context middleware (request ids on its errors).

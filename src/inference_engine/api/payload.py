@@ -144,6 +144,21 @@ def _labels_from_fields(fields: list[str]) -> list[str] | None:
     return fields
 
 
+#: The most predictions a request may ask for (``?top_k=``).
+MAX_TOP_K = 1000
+
+
+def query_top_k(request: Request) -> int | None:
+    """``?top_k=N`` (1 to :data:`MAX_TOP_K`), or ``None`` for the model's default."""
+    raw = request.query_params.get("top_k")
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not (text.isascii() and text.isdecimal() and len(text) <= 4) or not 1 <= int(text) <= MAX_TOP_K:
+        raise InvalidInput(f"top_k: must be a whole number from 1 to {MAX_TOP_K}, not {raw[:20]!r}")
+    return int(text)
+
+
 def labels_from_query(values: list[str] | None) -> list[str] | None:
     """``?labels=a&labels=b`` or ``?labels=a,b``."""
     return _labels_from_fields(values or [])

@@ -3,26 +3,53 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from inference_engine.answers import Embeddings, Prediction
-from inference_engine.api.payload import labels_from_query, read_embed_request, read_image_request
+from inference_engine.api.payload import (
+    MAX_TOP_K,
+    labels_from_query,
+    query_top_k,
+    read_embed_request,
+    read_image_request,
+)
 from inference_engine.api.request import InferenceCall, json_response
 from inference_engine.fetch import ImageFetcher
 from inference_engine.service import InferenceService
 from inference_engine.settings import Settings
 
+_TIMEOUT_HEADER: dict[str, Any] = {
+    "name": "X-Request-Timeout-Ms",
+    "in": "header",
+    "required": False,
+    "description": "This request's deadline in ms (capped by server.max_request_timeout_s).",
+    "schema": {"type": "integer", "minimum": 1},
+}
+
+# The predict routes read their query parameters themselves (``payload.query_top_k`` and
+# ``labels_from_query``) instead of through FastAPI's per-request dependency solving, which cost
+# more of the event loop than the rest of the route; the schema still documents them.
 _IMAGE_BODY: dict[str, Any] = {
     "parameters": [
         {
-            "name": "X-Request-Timeout-Ms",
-            "in": "header",
+            "name": "top_k",
+            "in": "query",
             "required": False,
-            "description": "This request's deadline in ms (capped by server.max_request_timeout_s).",
-            "schema": {"type": "integer", "minimum": 1},
-        }
+            "description": "How many predictions to return.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_TOP_K},
+        },
+        {
+            "name": "labels",
+            "in": "query",
+            "required": False,
+            "description": "Zero-shot labels (repeat the parameter, or separate with commas).",
+            "schema": {"type": "array", "items": {"type": "string"}},
+            "style": "form",
+            "explode": True,
+        },
+        _TIMEOUT_HEADER,
     ],
     "requestBody": {
         "required": True,
@@ -73,14 +100,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     }.items()
 }
 
-TopK = Annotated[int | None, Query(ge=1, le=1000, description="How many predictions to return.")]
-Labels = Annotated[
-    list[str] | None,
-    Query(description="Zero-shot labels (repeat the parameter, or separate with commas)."),
-]
-
 _EMBED_BODY: dict[str, Any] = {
-    "parameters": _IMAGE_BODY["parameters"],
+    "parameters": [_TIMEOUT_HEADER],
     "requestBody": {
         "required": True,
         "description": (
@@ -153,14 +174,9 @@ def build_router(
     router = APIRouter(tags=["inference"])
     server = settings.server
 
-    async def predict(
-        name: str | None,
-        request: Request,
-        top_k: int | None,
-        query_labels: list[str] | None,
-        version: str | None = None,
-    ) -> Response:
+    async def predict(name: str | None, request: Request, version: str | None = None) -> Response:
         call = InferenceCall(request, server)
+        top_k = query_top_k(request)
         # 404 before reading a body for an unknown model or version; 503 when it cannot take it.
         route = call.routed(service.route(name, version, call.routing_key))
         service.admit(route, call.deadline, call.caller)  # one image: its deadline can be judged now
@@ -168,7 +184,9 @@ def build_router(
             read_image_request(request, server.max_body_bytes, fetcher),
             "the image did not arrive within the request deadline",
         )
-        labels = body.labels if body.labels is not None else labels_from_query(query_labels)
+        labels = body.labels
+        if labels is None:
+            labels = labels_from_query(request.query_params.getlist("labels"))
         prediction = await call.answer(
             service.infer(
                 route,
@@ -189,10 +207,8 @@ def build_router(
         responses=_ERRORS,
         response_model=dict[str, Any],
     )
-    async def predict_named(
-        name: str, request: Request, top_k: TopK = None, labels: Labels = None
-    ) -> Response:
-        return await predict(name, request, top_k, labels)
+    async def predict_named(request: Request) -> Response:
+        return await predict(request.path_params["name"], request)
 
     @router.post(
         "/v1/models/{name}/versions/{version}/predict",
@@ -201,10 +217,9 @@ def build_router(
         responses=_ERRORS,
         response_model=dict[str, Any],
     )
-    async def predict_version(
-        name: str, version: str, request: Request, top_k: TopK = None, labels: Labels = None
-    ) -> Response:
-        return await predict(name, request, top_k, labels, version)
+    async def predict_version(request: Request) -> Response:
+        params = request.path_params
+        return await predict(params["name"], request, params["version"])
 
     @router.post(
         "/predict",
@@ -213,8 +228,8 @@ def build_router(
         responses=_ERRORS,
         response_model=dict[str, Any],
     )
-    async def predict_default(request: Request, top_k: TopK = None, labels: Labels = None) -> Response:
-        return await predict(None, request, top_k, labels)
+    async def predict_default(request: Request) -> Response:
+        return await predict(None, request)
 
     @router.post(
         "/v1/models/{name}/embed",
