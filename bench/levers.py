@@ -18,6 +18,8 @@ lookups and hits seen (0 hits expected).
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import functools
 import json
 import math
@@ -53,6 +55,9 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)  # merged into model.yaml
     env: dict[str, str] = field(default_factory=dict)  # server environment (IE_* settings, OMP_*)
     launcher: tuple[str, ...] = ("-m", "inference_engine")
+    #: Server processes, each serving the model on its own port; a point's load is split evenly
+    #: across them (clients, or the open loop's rate) and its figures merged.
+    replicas: int = 1
 
 
 @dataclass(frozen=True)
@@ -273,6 +278,23 @@ SERVED: dict[str, Lever] = {
             ),
             levels=(1, 8, 32),
         ),
+        Lever(
+            "replicas_tiny",
+            "one server process vs two on the same cores, the clients split evenly (tiny CNN: how "
+            "much of the GIL-bound HTTP path more processes win back)",
+            "tiny_cnn",
+            (
+                Variant("one process"),
+                Variant("two processes", replicas=2),
+                Variant(
+                    "two processes, one decode thread each",
+                    env={"IE_SERVER__PREPROCESS_WORKERS": "1"},
+                    replicas=2,
+                ),
+            ),
+            levels=(8, 32),
+            duration_s=4.0,
+        ),
         *(
             Lever(
                 f"batch_delay_{short}",
@@ -348,26 +370,28 @@ def run_served(lever: Lever, rounds: int, cache: Path, warmup: float) -> dict[st
     for round_ in range(rounds):
         order = lever.variants if round_ % 2 == 0 else tuple(reversed(lever.variants))
         for variant in order:
-            repo = write_repository(
-                spec, cache, Path(tempfile.mkdtemp(prefix="bench-lever-")), variant.overrides
-            )
-            server = ServedModel(
-                repo, lever.model, env={**spec.settings_env, **variant.env}, launcher=variant.launcher
-            )
-            with server.start():
+            with contextlib.ExitStack() as started:
+                servers = [
+                    started.enter_context(
+                        ServedModel(
+                            write_repository(
+                                spec, cache, Path(tempfile.mkdtemp(prefix="bench-lever-")), variant.overrides
+                            ),
+                            lever.model,
+                            env={**spec.settings_env, **variant.env},
+                            launcher=variant.launcher,
+                        ).start()
+                    )
+                    for _ in range(variant.replicas)
+                ]
 
-                async def points(server: ServedModel = server, label: str = variant.label) -> None:
+                async def points(servers: list[ServedModel] = servers, label: str = variant.label) -> None:
                     disjoint = lever.images == STRIPES  # distinct images stay distinct across clients
                     closed = functools.partial(load.closed_loop, disjoint=disjoint)
                     runs = [(str(c), closed, c) for c in lever.levels]
                     runs += [(f"{r:g}/s open", load.open_loop, r) for r in lever.open_rates]
                     for index, (at, drive, level) in enumerate(runs):
-                        requests = lever_requests(lever, spec.path, server.port, index)
-                        probe = Probe(server)
-                        window = await drive(
-                            server.port, requests, level, warmup, lever.duration_s, probe.mark, probe.mark
-                        )
-                        point = {**window.result(), **probe.result()}
+                        point = await measure_point(lever, spec.path, servers, drive, level, index, warmup)
                         samples[label][at].append(point)
                         cached = point.get("cache")
                         log(
@@ -402,6 +426,45 @@ def run_served(lever: Lever, rounds: int, cache: Path, warmup: float) -> dict[st
         for label, by_level in samples.items()
     }
     return {"question": lever.question, "model": lever.model, "kind": "served", "variants": table}
+
+
+async def measure_point(
+    lever: Lever,
+    path: str,
+    servers: Sequence[ServedModel],
+    drive: Callable[..., Any],
+    level: float,
+    index: int,
+    warmup: float,
+) -> dict[str, Any]:
+    """One point: ``level`` (clients, or requests/s) split evenly across ``servers``, driven at
+    once; latencies pooled, server CPU summed, batch figures weighted by each server's batches."""
+    probes = [Probe(server) for server in servers]
+    share = level / len(servers) if isinstance(level, float) else level // len(servers)
+    windows = await asyncio.gather(
+        *(
+            drive(server.port, lever_requests(lever, path, server.port, index), share, warmup,
+                  lever.duration_s, probe.mark, probe.mark)
+            for server, probe in zip(servers, probes, strict=True)
+        )
+    )  # fmt: skip
+    merged = load.Window(windows[0].kind, level, lever.duration_s)
+    for window in windows:
+        merged.latencies_s += window.latencies_s
+        merged.errors += window.errors
+        merged.loadgen_cpu_s += window.loadgen_cpu_s
+        for status, count in window.statuses.items():
+            merged.statuses[status] = merged.statuses.get(status, 0) + count
+    seen = [probe.result() for probe in probes]
+    batches = sum(point["batches"] for point in seen) or 1.0
+    point: dict[str, Any] = {**merged.result(), "server_cpu_cores": sum(p["server_cpu_cores"] for p in seen)}
+    for key in ("avg_batch_size", "queue_wait_ms", "inference_ms"):
+        point[key] = sum(p[key] * p["batches"] for p in seen) / batches
+    if any("cache" in p for p in seen):
+        point["cache"] = {
+            key: sum(p.get("cache", {}).get(key, 0.0) for p in seen) for key in ("hits", "misses")
+        }
+    return point
 
 
 def _cache_counts(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
