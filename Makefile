@@ -12,7 +12,7 @@ MODEL_REPOSITORY ?= models
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-torch install-dev lock serve lint format test test-fast bench bench-quick bench-check bench-levers bench-fairness bench-admission stress soak docs proto docker clean
+.PHONY: help install install-torch install-dev lock serve lint format test test-fast bench bench-quick bench-check bench-levers bench-fairness bench-admission stress soak fuzz docs proto docker clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -88,6 +88,10 @@ bench-admission: install-dev ## Predictive admission past capacity: refusal late
 
 stress: install-dev ## Ramp open-loop load on EfficientNet-Lite0 to the latency knee (~2 min); bench/results/stress.*
 	$(BIN)/python -m bench.stress $(ARGS)
+
+FUZZ_EXAMPLES ?= 250
+fuzz: install-dev ## Schemathesis fuzz of the HTTP API with FUZZ_EXAMPLES (250) cases per inference slice (~3 min)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -s -p no:cacheprovider --no-cov tests/integration/test_fuzz.py
 
 SOAK_SECONDS ?= 600
 soak: install-dev ## Soak test: mixed load for SOAK_SECONDS (600), flat memory/fds/threads/tasks; bench/results/soak.json

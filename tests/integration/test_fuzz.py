@@ -5,11 +5,13 @@ the document gets cases generated to fit its schema (positive) and to violate it
 response must not be a 5xx (schemathesis' ``not_a_server_error`` check), and every error response
 must be JSON in the standard shape ``{"error": {"type", "message", "request_id"}}``. Hypothesis runs
 derandomized, so the same cases are generated on every run. Failures are collected over the whole
-run and reported together, each with a curl command that reproduces it.
+run and reported together, each with a curl command that reproduces it. ``make test`` runs a
+short version; ``make fuzz`` (``FUZZ_EXAMPLES=250``) the long one.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -29,10 +31,14 @@ from tests.repository import add_colour_model
 pytestmark = pytest.mark.integration
 
 MIN_CASES = 500
+#: ``FUZZ_EXAMPLES`` sets the examples of the inference routes' slices: 100 in ``make test`` (about
+#: a minute), 250 or more in ``make fuzz``; the other slices follow in proportion.
+INFERENCE_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "100"))
 #: Examples per slice of the run: the inference routes are where the input goes.
-DEFAULT_EXAMPLES = 250  # POST /predict, per generation mode
-NAMED_EXAMPLES = 250  # POST /v1/models/colour/predict, per generation mode
-RANDOM_NAME_EXAMPLES = 50  # POST /v1/models/{name}/predict with generated names, per generation mode
+DEFAULT_EXAMPLES = INFERENCE_EXAMPLES  # POST /predict, per generation mode
+NAMED_EXAMPLES = INFERENCE_EXAMPLES  # POST /v1/models/colour/predict, per generation mode
+#: POST /v1/models/{name}/predict with generated names, per generation mode
+RANDOM_NAME_EXAMPLES = max(20, INFERENCE_EXAMPLES // 5)
 GET_EXAMPLES = 20  # per operation and generation mode (most have nothing to vary and stop at one)
 MODEL = "colour"
 REQUEST_TIMEOUT_S = 30.0
