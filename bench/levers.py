@@ -279,26 +279,6 @@ SERVED: dict[str, Lever] = {
             levels=(1, 8, 32),
         ),
         Lever(
-            "jpeg_decoder_tiny",
-            "JPEG decoding: Pillow vs simplejpeg without the GIL, served (tiny CNN: where the GIL binds)",
-            "tiny_cnn",
-            (
-                Variant("Pillow", env={"BENCH_PILLOW_JPEG": "1"}, launcher=("-m", "bench.serve_with")),
-                Variant("simplejpeg", launcher=("-m", "bench.serve_with")),
-            ),
-            levels=(1, 8, 32),
-        ),
-        Lever(
-            "jpeg_decoder_onnx",
-            "JPEG decoding: Pillow vs simplejpeg without the GIL, served (EfficientNet-Lite0, ONNX Runtime)",
-            "efficientnet_lite0_onnx",
-            (
-                Variant("Pillow", env={"BENCH_PILLOW_JPEG": "1"}, launcher=("-m", "bench.serve_with")),
-                Variant("simplejpeg", launcher=("-m", "bench.serve_with")),
-            ),
-            levels=(1, 8, 32),
-        ),
-        Lever(
             "replicas_tiny",
             "one server process vs two on the same cores, the clients split evenly (tiny CNN: how "
             "much of the GIL-bound HTTP path more processes win back)",
@@ -669,44 +649,6 @@ def _prepare_224(data: bytes) -> Any:
     return to_chw_array(decode_image(data, ImageLimits(), min_side=256), PreprocessingConfig())
 
 
-def raw_jpeg_decoder(rounds: int) -> dict[str, Any]:
-    """Pillow vs libjpeg-turbo through simplejpeg (``jpeg.py``), decode + pre-process, img/s."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from inference_engine import jpeg
-
-    out: dict[str, Any] = {
-        "question": "JPEG decoding: Pillow vs simplejpeg without the GIL (img/s, decode + pre-process)",
-        "kind": "raw",
-    }
-    fast = jpeg.simplejpeg
-
-    def decoder(module: Any, pool: ThreadPoolExecutor, data: list[bytes]) -> Callable[[], object]:
-        def run() -> object:
-            jpeg.simplejpeg = module
-            try:
-                return list(pool.map(_prepare_224, data))
-            finally:
-                jpeg.simplejpeg = fast
-
-        return run
-
-    for images in ("photos640", "photos12mp"):
-        data = list(image_set(images)) * (4 if images == "photos640" else 1)
-        with ThreadPoolExecutor(1) as one, ThreadPoolExecutor(2) as two:
-            ms = _alternate(
-                {
-                    f"{name}, {threads} thread{'s' if threads > 1 else ''}": decoder(module, pool, data)
-                    for name, module in (("Pillow", None), ("simplejpeg", fast))
-                    for threads, pool in ((1, one), (2, two))
-                },
-                rounds * 3,
-                1,
-            )
-        out[images] = {k: 1000 * len(data) / v for k, v in ms.items()}
-    return out
-
-
 def raw_ort(rounds: int) -> dict[str, Any]:
     """ONNX Runtime graph optimisation level and threads, forward img/s at batch 1 and 4."""
     import numpy as np
@@ -748,7 +690,6 @@ RAW: dict[str, Callable[[int], dict[str, Any]]] = {
     "channels_last_raw": raw_channels_last,
     "decode_processes": raw_decode_processes,
     "ort_graph": raw_ort,
-    "jpeg_decoder": raw_jpeg_decoder,
 }
 
 

@@ -5,7 +5,6 @@ For A/B levers only: ``BENCH_UVICORN_LOOP`` (``asyncio``, ``uvloop``) and
 (uvloop and httptools when installed, as they are with ``uvicorn[standard]``);
 ``BENCH_EAGER_BATCHING=0`` turns eager batch closing off (every batch waits out the delay);
 ``BENCH_CHANNELS_LAST=0`` runs EfficientNet in the default (NCHW) memory format;
-``BENCH_PILLOW_JPEG=1`` decodes JPEGs with Pillow (the path before ``jpeg.py``);
 ``BENCH_SWITCH_INTERVAL`` sets ``sys.setswitchinterval`` (seconds; Python's default is 0.005);
 ``BENCH_BARE_PREDICT=1`` answers ``POST /predict`` with a bare ASGI function in front of the
 application that calls the service directly (no middleware, routing, FastAPI, request context,
@@ -50,11 +49,6 @@ if os.environ.get("BENCH_CHANNELS_LAST") == "0":
     from inference_engine.models.classifier import EfficientNetLiteClassifier
 
     EfficientNetLiteClassifier.channels_last = False
-
-if os.environ.get("BENCH_PILLOW_JPEG") == "1":
-    from inference_engine import jpeg
-
-    jpeg.simplejpeg = None
 
 if interval := os.environ.get("BENCH_SWITCH_INTERVAL"):
     sys.setswitchinterval(float(interval))

@@ -3,8 +3,7 @@
 Order matters for safety and speed: sniff the magic bytes (never trust ``Content-Type``), read
 only the header to check dimensions against the limits (so a decompression bomb is refused
 before any pixel is decoded), let JPEG decode at a reduced scale when the model needs less,
-then decode, apply EXIF orientation and convert every mode to 8-bit RGB. JPEGs in the common
-colour spaces go through :mod:`inference_engine.jpeg` (the same pixels, without the GIL).
+then decode, apply EXIF orientation and convert every mode to 8-bit RGB.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import warnings
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from inference_engine import jpeg
 from inference_engine.errors import ImageTooLarge, ImageTooSmall, InvalidInput, UnsupportedMediaType
 from inference_engine.settings import ImageSettings
 
@@ -72,11 +70,6 @@ def decode_image(data: bytes, limits: ImageLimits, *, min_side: int | None = Non
     stay at least that long; the model resizes to its own input size afterwards anyway.
     """
     fmt = sniff_format(data)
-    if fmt == "JPEG" and (size := jpeg.header(data)) is not None:
-        _check_dimensions(*size, limits)
-        decoded = jpeg.decode(data, *size, min_side)  # without the GIL; None: Pillow's to decode
-        if decoded is not None:
-            return decoded
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

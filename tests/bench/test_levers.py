@@ -70,11 +70,3 @@ def test_the_replicas_lever_compares_one_process_with_two() -> None:
     lever = levers.SERVED["replicas_tiny"]
     assert [variant.replicas for variant in lever.variants] == [1, 2, 2]
     assert all(level % 2 == 0 for level in lever.levels)  # the clients split evenly
-
-
-def test_the_jpeg_decoder_levers_switch_the_server_back_to_pillow() -> None:
-    assert "jpeg_decoder" in levers.RAW
-    for name in ("jpeg_decoder_tiny", "jpeg_decoder_onnx"):
-        pillow, fast = levers.SERVED[name].variants
-        assert pillow.env == {"BENCH_PILLOW_JPEG": "1"} and fast.env == {}
-        assert pillow.launcher == fast.launcher == ("-m", "bench.serve_with")
