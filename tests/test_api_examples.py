@@ -11,6 +11,7 @@ list every route the server has; every RPC of the doc's gRPC table needs a Pytho
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,6 +119,22 @@ def test_the_table_lists_every_route(server: ServerProcess) -> None:
     table = set(ENDPOINTS)
     assert served - table == set(), "routes missing from the endpoints table of docs/API.md"
     assert table - served - NOT_IN_OPENAPI == set(), "the endpoints table lists routes the server lacks"
+
+
+def test_every_path_parameter_is_declared(server: ServerProcess) -> None:
+    """Each ``{name}`` in a route's path is a declared, required path parameter (OpenAPI requires
+    it; generated clients need it), whether FastAPI found it in the signature or a route
+    declared it itself (the predict routes read theirs from the request)."""
+    schema = httpx.get(f"{server.url}/openapi.json", timeout=30).json()
+    problems = []
+    for path, methods in schema["paths"].items():
+        templated = set(re.findall(r"{(\w+)}", path))
+        for method, operation in methods.items():
+            declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "path"}
+            required = all(p.get("required") for p in operation.get("parameters", []) if p["in"] == "path")
+            if declared != templated or not required:
+                problems.append(f"{method.upper()} {path}: declares {sorted(declared)}")
+    assert not problems, problems
 
 
 def _requests(server: ServerProcess) -> dict[str, float]:

@@ -87,6 +87,16 @@ _IMAGE_BODY: dict[str, Any] = {
     },
 }
 
+
+def _image_body(*path_parameters: str) -> dict[str, Any]:
+    """The predict routes' OpenAPI additions, with the path parameters they take from the URL."""
+    declared = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in path_parameters
+    ]
+    return {**_IMAGE_BODY, "parameters": [*declared, *_IMAGE_BODY["parameters"]]}
+
+
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"description": text}
     for code, text in {
@@ -203,7 +213,7 @@ def build_router(
     @router.post(
         "/v1/models/{name}/predict",
         summary="Classify an image with the named model (or rank zero-shot labels)",
-        openapi_extra=_IMAGE_BODY,
+        openapi_extra=_image_body("name"),
         responses=_ERRORS,
         response_model=dict[str, Any],
     )
@@ -213,7 +223,7 @@ def build_router(
     @router.post(
         "/v1/models/{name}/versions/{version}/predict",
         summary="Classify an image with one version of the named model",
-        openapi_extra=_IMAGE_BODY,
+        openapi_extra=_image_body("name", "version"),
         responses=_ERRORS,
         response_model=dict[str, Any],
     )
