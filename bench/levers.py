@@ -278,6 +278,26 @@ SERVED: dict[str, Lever] = {
             ),
             levels=(1, 8, 32),
         ),
+        *(
+            Lever(
+                f"decode_nice_{short}",
+                f"pre-processing threads at a lower priority (nice 5) than the forward pass ({title})",
+                model,
+                (
+                    Variant("same priority", launcher=("-m", "bench.serve_with")),
+                    Variant(
+                        "decode at nice 5",
+                        env={"BENCH_DECODE_NICE": "5"},
+                        launcher=("-m", "bench.serve_with"),
+                    ),
+                ),
+                levels=(1, 8, 32),
+            )
+            for short, title, model in (
+                ("onnx", "EfficientNet-Lite0, ONNX Runtime", "efficientnet_lite0_onnx"),
+                ("tiny", "tiny CNN", "tiny_cnn"),
+            )
+        ),
         Lever(
             "replicas_tiny",
             "one server process vs two on the same cores, the clients split evenly (tiny CNN: how "

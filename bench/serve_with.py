@@ -5,6 +5,8 @@ For A/B levers only: ``BENCH_UVICORN_LOOP`` (``asyncio``, ``uvloop``) and
 (uvloop and httptools when installed, as they are with ``uvicorn[standard]``);
 ``BENCH_EAGER_BATCHING=0`` turns eager batch closing off (every batch waits out the delay);
 ``BENCH_CHANNELS_LAST=0`` runs EfficientNet in the default (NCHW) memory format;
+``BENCH_DECODE_NICE=N`` runs the pre-processing threads at nice ``N`` (the forward pass's threads
+keep the process's priority);
 ``BENCH_SWITCH_INTERVAL`` sets ``sys.setswitchinterval`` (seconds; Python's default is 0.005);
 ``BENCH_BARE_PREDICT=1`` answers ``POST /predict`` with a bare ASGI function in front of the
 application that calls the service directly (no middleware, routing, FastAPI, request context,
@@ -49,6 +51,20 @@ if os.environ.get("BENCH_CHANNELS_LAST") == "0":
     from inference_engine.models.classifier import EfficientNetLiteClassifier
 
     EfficientNetLiteClassifier.channels_last = False
+
+if nice := os.environ.get("BENCH_DECODE_NICE"):
+    import functools
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from inference_engine import pipeline
+
+    def _lower_priority() -> None:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), int(nice))
+
+    pipeline.ThreadPoolExecutor = functools.partial(  # type: ignore[misc]
+        ThreadPoolExecutor, initializer=_lower_priority
+    )
 
 if interval := os.environ.get("BENCH_SWITCH_INTERVAL"):
     sys.setswitchinterval(float(interval))
