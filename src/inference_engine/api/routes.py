@@ -234,7 +234,7 @@ def build_router(
     @router.post(
         "/predict",
         summary="Classify an image with the default model",
-        openapi_extra=_IMAGE_BODY,
+        openapi_extra=_image_body(),
         responses=_ERRORS,
         response_model=dict[str, Any],
     )
