@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -72,13 +72,20 @@ class RedisBuckets:
         if client is None:
             if not settings.redis_url:
                 raise ValueError("rate_limit.redis_url is required for backend 'redis'")
-            client = Redis.from_url(
+            # A bounded pool: a burst of requests shares a few connections instead of each
+            # opening its own (a connect storm that slows Redis and trips the timeout on a busy
+            # host, which would fail every request open for a retry interval).
+            pool = BlockingConnectionPool.from_url(
                 settings.redis_url,
+                max_connections=settings.redis_max_connections,
+                timeout=settings.redis_timeout_s,  # wait for a free connection
                 socket_timeout=settings.redis_timeout_s,
                 socket_connect_timeout=settings.redis_timeout_s,
                 retry=Retry(NoBackoff(), 0),  # a failed call falls to the fail mode, not a retry
                 health_check_interval=30,
             )
+            client = Redis(connection_pool=pool)
+            client.auto_close_connection_pool = True  # aclose() closes the pool it was built with
         self._redis = client
         self._take = client.register_script(TAKE_SCRIPT)
         self._settings = settings

@@ -187,6 +187,9 @@ class RateLimitSettings(_Section):
     """Redis for ``backend: redis``, e.g. ``redis://:password@redis:6379/0`` (``rediss://`` for TLS)."""
     redis_timeout_s: float = Field(0.1, gt=0, le=5)
     """Longest wait for Redis per request (connect or answer); past it the fail mode applies."""
+    redis_max_connections: int = Field(16, ge=1, le=1024)
+    """Connections each process keeps to Redis; a burst beyond it waits for a free one (within
+    ``redis_timeout_s``) instead of opening more."""
     fail_open: bool = True
     """With Redis unreachable: serve unlimited (true; counted and logged) or refuse with 503 (false)."""
     redis_retry_interval_s: float = Field(1.0, gt=0)

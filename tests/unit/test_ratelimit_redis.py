@@ -71,7 +71,8 @@ async def test_the_bucket_refills_at_the_rate_on_redis_time(redis_server: RedisS
 
 
 async def test_concurrent_takes_never_spend_a_token_twice(redis_server: RedisServer) -> None:
-    config = settings(redis_server.url, rate=0.001, burst=50)
+    # A generous timeout: this is about atomicity, not latency, on whatever the host is doing.
+    config = settings(redis_server.url, rate=0.001, burst=50, redis_timeout_s=2)
     first, second = RateLimiter(config, RedisBuckets(config)), RateLimiter(config, RedisBuckets(config))
     decisions = await asyncio.gather(
         *(limiter.check("hot") for _ in range(100) for limiter in (first, second))
@@ -79,6 +80,17 @@ async def test_concurrent_takes_never_spend_a_token_twice(redis_server: RedisSer
     assert sum(d.allowed for d in decisions) == 50
     await first.aclose()
     await second.aclose()
+
+
+async def test_a_burst_shares_a_bounded_pool_of_connections(redis_server: RedisServer) -> None:
+    config = settings(redis_server.url, burst=1000, redis_max_connections=4, redis_timeout_s=2)
+    store = RedisBuckets(config)
+    limiter = RateLimiter(config, store)
+    decisions = await asyncio.gather(*(limiter.check(f"k{i % 7}") for i in range(200)))
+    assert all(d.allowed and d.known for d in decisions)  # every one decided by Redis
+    clients = await store._redis.info("clients")
+    assert clients["connected_clients"] <= 4  # not one connection per request in the burst
+    await store.aclose()
 
 
 async def test_idle_buckets_expire(redis_server: RedisServer) -> None:
