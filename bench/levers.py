@@ -315,6 +315,34 @@ SERVED: dict[str, Lever] = {
             levels=(8, 32),
             duration_s=4.0,
         ),
+        Lever(
+            "workers_tiny",
+            "server.workers: one process vs two on the same port (tiny CNN, GIL-bound in one process)",
+            "tiny_cnn",
+            (
+                Variant("1 worker"),
+                Variant("2 workers", env={"IE_SERVER__WORKERS": "2"}),
+            ),
+            levels=(1, 8, 32),
+            duration_s=4.0,
+        ),
+        Lever(
+            "workers_onnx",
+            "server.workers: one process with 2 intra-op threads vs two with 1 each (EfficientNet-Lite0 "
+            "on ONNX Runtime: no thread barrier across cores, two batch loops)",
+            "efficientnet_lite0_onnx",
+            (
+                Variant("1 worker, 2 intra-op threads"),
+                Variant("2 workers, 1 intra-op thread each", _t(1), env={"IE_SERVER__WORKERS": "2"}),
+                Variant(
+                    "2 workers, 1 intra-op and 1 decode thread each",
+                    _t(1),
+                    env={"IE_SERVER__WORKERS": "2", "IE_SERVER__PREPROCESS_WORKERS": "1"},
+                ),
+            ),
+            levels=(1, 8, 32),
+            duration_s=4.0,
+        ),
         *(
             Lever(
                 f"batch_delay_{short}",

@@ -18,6 +18,7 @@ admission's record (predictions scored, their error, refusals), so a window gets
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import re
@@ -323,19 +324,30 @@ class ServedModel:
             except psutil.Error:
                 return
 
-    def rss(self) -> int:
+    def _processes(self) -> list[psutil.Process]:
+        """The server and its workers (``server.workers`` above 1: a supervisor and N children)."""
         assert self._psutil is not None
-        return int(self._psutil.memory_info().rss)
+        return [self._psutil, *self._psutil.children(recursive=True)]
+
+    def rss(self) -> int:
+        total = 0
+        for process in self._processes():
+            with contextlib.suppress(psutil.Error):
+                total += int(process.memory_info().rss)
+        return total
 
     @property
     def peak_rss_mb(self) -> float:
         return self._peak_rss / 2**20
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time of the server process so far (all its threads)."""
-        assert self._psutil is not None
-        times = self._psutil.cpu_times()
-        return float(times.user + times.system)
+        """User + system CPU time of the server so far (all its threads, and its workers')."""
+        total = 0.0
+        for process in self._processes():
+            with contextlib.suppress(psutil.Error):
+                times = process.cpu_times()
+                total += times.user + times.system
+        return total
 
     def stop(self, timeout: float = 30.0) -> None:
         self._sampling.set()

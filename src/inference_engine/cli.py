@@ -54,6 +54,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", help="address to bind")
     serve.add_argument("--port", type=int, help="port to listen on")
+    serve.add_argument("--workers", type=int, help="server processes on the port (server.workers)")
     serve.add_argument("--grpc-port", type=int, help="port of the gRPC listener (Open Inference Protocol V2)")
     serve.add_argument("--no-grpc", action="store_true", help="serve HTTP only, no gRPC listener")
     serve.add_argument("--log-format", choices=["json", "text"], help="log format")
@@ -115,7 +116,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["model_repository"] = str(args.model_repository)
     if getattr(args, "models", None):
         overrides["models"] = args.models
-    server = {k: v for k in ("host", "port") if (v := getattr(args, k, None)) is not None}
+    server = {k: v for k in ("host", "port", "workers") if (v := getattr(args, k, None)) is not None}
     if server:
         overrides["server"] = server
     grpc: dict[str, Any] = {"enabled": False} if getattr(args, "no_grpc", False) else {}

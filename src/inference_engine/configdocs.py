@@ -29,6 +29,7 @@ SERVE_FLAGS: tuple[tuple[str, str], ...] = (
     ("--model NAME (repeatable)", "models"),
     ("--host HOST", "server.host"),
     ("--port PORT", "server.port"),
+    ("--workers N", "server.workers"),
     ("--grpc-port PORT", "grpc.port"),
     ("--no-grpc", "grpc.enabled"),
     ("--log-format FORMAT", "logging.format"),

@@ -25,7 +25,7 @@ from inference_engine.errors import BadRequest, Forbidden, LoadFailed, ModelNotF
 from inference_engine.models.loader import MODEL_FILE, ModelSpec, discover, scan_model
 from inference_engine.routing import ServedModel
 from inference_engine.runtime import ModelRuntime, ModelState
-from inference_engine.settings import BatchingSettings
+from inference_engine.settings import BatchingSettings, ServerSettings
 
 if TYPE_CHECKING:
     from inference_engine.service import InferenceService
@@ -274,12 +274,18 @@ class ModelControl:
         return directory
 
 
-def check_control_request(enabled: bool, parameters: Iterable[str] = ()) -> None:
+def check_control_request(server: ServerSettings, parameters: Iterable[str] = ()) -> None:
     """Refuse a model control request (either transport) that this server will not carry out:
-    control is off (``server.model_control``), or the request brings a configuration or files of
-    its own (Triton's ``config`` and ``file:`` parameters): models change by editing their folder."""
-    if not enabled:
+    control is off (``server.model_control``), the server runs several worker processes (a load
+    would change the one that took the request), or the request brings a configuration or files
+    of its own (Triton's ``config`` and ``file:`` parameters): models change by editing their folder."""
+    if not server.model_control:
         raise Forbidden("model control is off on this server (server.model_control: false)")
+    if server.workers > 1:
+        raise Forbidden(
+            f"model control is refused with server.workers {server.workers}: a load or unload would change "
+            "one worker process; edit the model folder (with server.repository_poll_s) or restart"
+        )
     if any(name == "config" or name.startswith("file:") for name in parameters):
         raise BadRequest(
             "loading a model from a configuration in the request is not supported; edit its folder"

@@ -59,9 +59,16 @@ _RECORD_ATTRS = frozenset(vars(logging.makeLogRecord({}))) | {
 
 
 class RequestIdFilter(logging.Filter):
-    """Stamp ``record.request_id`` from the current request context (``-`` outside one)."""
+    """Stamp ``record.request_id`` from the current request context (``-`` outside one), and
+    ``record.worker`` in one of several worker processes."""
+
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self._worker is not None and not hasattr(record, "worker"):
+            record.worker = self._worker
         if not hasattr(record, "request_id"):
             ctx = current_request.get()
             record.request_id = ctx.request_id if ctx is not None else "-"
@@ -109,8 +116,10 @@ class TextFormatter(logging.Formatter):
         return line
 
 
-def configure_logging(settings: LoggingSettings) -> None:
+def configure_logging(settings: LoggingSettings, worker: int | None = None) -> None:
     """Install handlers on the root logger; uvicorn's own loggers propagate to it.
+
+    ``worker``: this is that one of ``server.workers`` processes; every line says so.
 
     Python warnings become records of the ``py.warnings`` logger (WARNING), so a JSON log stays
     JSON lines. Pydantic's warning about ``Field()`` attributes "with no effect" is silenced: it
@@ -125,7 +134,7 @@ def configure_logging(settings: LoggingSettings) -> None:
         {
             "version": 1,
             "disable_existing_loggers": False,
-            "filters": {"request_id": {"()": RequestIdFilter}},
+            "filters": {"request_id": {"()": RequestIdFilter, "worker": worker}},
             "formatters": {
                 "json": {"()": JsonFormatter},
                 "text": {"()": TextFormatter},

@@ -2,6 +2,12 @@
 
 A :class:`Metrics` object is built at start-up and passed to whoever records; nothing is
 registered at import time, so two servers (or two tests) in one process never collide.
+
+With ``server.workers`` above 1 every worker process records into files in a folder the
+supervisor made (prometheus_client's multiprocess mode, chosen by ``PROMETHEUS_MULTIPROC_DIR``
+before the worker imports it), and whichever worker answers a scrape renders all of them:
+counters and histograms summed, each gauge by the rule its meaning asks (a queue depth summed,
+a model ready only if it is in every worker, per-process figures labelled with their ``pid``).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.multiprocess import MultiProcessCollector
 
 PREFIX = "inference_engine"
 
@@ -31,22 +38,34 @@ _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128, 256)
 class Metrics:
     """Every metric the server exports, named ``inference_engine_*``."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, shared_dir: str | None = None) -> None:
+        """``shared_dir``: the multiprocess folder (``PROMETHEUS_MULTIPROC_DIR``) when this is one
+        of several worker processes; scrapes then render every worker's files."""
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.shared_dir = shared_dir
+        #: Collectors of this process only, rendered beside the shared files (GPU readings).
+        self.live_registry = self.registry if shared_dir is None else CollectorRegistry()
         r = self.registry
-        self.build_info = Gauge(f"{PREFIX}_build_info", "Server version.", ["version"], registry=r)
+        self.build_info = Gauge(
+            f"{PREFIX}_build_info", "Server version.", ["version"], registry=r, multiprocess_mode="max"
+        )
         # The process' own: resident memory, open descriptors, CPU, start time (process_*),
         # Python's version and garbage collector (python_*), and what a leak shows first,
         # threads and asyncio tasks (the soak test watches them).
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)
-        self.threads = Gauge(f"{PREFIX}_threads", "Threads in the server process.", registry=r)
-        self.threads.set_function(threading.active_count)
-        self.asyncio_tasks = Gauge(
-            f"{PREFIX}_asyncio_tasks", "Tasks on the event loop (read when /metrics is scraped).", registry=r
+        # Not in multiprocess mode: they would show whichever worker answered the scrape.
+        if shared_dir is None:
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
+        self.threads = Gauge(
+            f"{PREFIX}_threads", "Threads in the server process.", registry=r, multiprocess_mode="liveall"
         )
-        self.asyncio_tasks.set_function(_asyncio_tasks)
+        self.asyncio_tasks = Gauge(
+            f"{PREFIX}_asyncio_tasks",
+            "Tasks on the event loop (read when /metrics is scraped).",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.requests = Counter(
             f"{PREFIX}_requests",
             "Requests answered (protocol: http or grpc; route: the HTTP route or the gRPC method; "
@@ -90,7 +109,11 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge(
-            f"{PREFIX}_queue_depth", "Inputs waiting in the model queue.", ["model", "version"], registry=r
+            f"{PREFIX}_queue_depth",
+            "Inputs waiting in the model queue.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.batch_delay = Gauge(
             f"{PREFIX}_batch_delay_seconds",
@@ -98,12 +121,14 @@ class Metrics:
             "max_batch_delay_ms when fixed, the measured choice when adaptive.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.in_flight = Gauge(
             f"{PREFIX}_in_flight_requests",
             "Inference requests being handled.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.errors = Counter(
             f"{PREFIX}_errors",
@@ -149,9 +174,14 @@ class Metrics:
             "Bytes of model outputs held in the output cache.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livesum",
         )
         self.cache_entries = Gauge(
-            f"{PREFIX}_cache_entries", "Outputs held in the output cache.", ["model", "version"], registry=r
+            f"{PREFIX}_cache_entries",
+            "Outputs held in the output cache.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self.cache_evictions = Counter(
             f"{PREFIX}_cache_evictions",
@@ -170,12 +200,21 @@ class Metrics:
             "1 when the model is loaded and its batch loop runs.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.model_load_seconds = Gauge(
-            f"{PREFIX}_model_load_seconds", "Time to load the model.", ["model", "version"], registry=r
+            f"{PREFIX}_model_load_seconds",
+            "Time to load the model.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.model_warmup_seconds = Gauge(
-            f"{PREFIX}_model_warmup_seconds", "Time to warm the model up.", ["model", "version"], registry=r
+            f"{PREFIX}_model_warmup_seconds",
+            "Time to warm the model up.",
+            ["model", "version"],
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.model_load_failures = Counter(
             f"{PREFIX}_model_load_failures", "Failed model loads.", ["model", "version"], registry=r
@@ -199,6 +238,7 @@ class Metrics:
             "past watchdog.max_failed_recoveries the liveness probe fails.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         self.label_cache_lookups = Counter(
             f"{PREFIX}_label_cache_lookups",
@@ -212,6 +252,7 @@ class Metrics:
             "Share (0..1) of the model's requests that name no version sent to this version.",
             ["model", "version"],
             registry=r,
+            multiprocess_mode="livemax",
         )
         pair = ["model", "primary", "shadow"]
         self.shadow_requests = Counter(
@@ -232,6 +273,7 @@ class Metrics:
             "last load.",
             pair,
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.shadow_score_difference = Histogram(
             f"{PREFIX}_shadow_score_difference",
@@ -258,6 +300,7 @@ class Metrics:
             "1 while the shared rate-limit store answers, 0 while requests go unchecked (backend).",
             ["backend"],
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.rate_limit_unchecked = Counter(
             f"{PREFIX}_rate_limit_unchecked",
@@ -267,8 +310,14 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        """The registry in Prometheus text format."""
-        return generate_latest(self.registry)
+        """The registry in Prometheus text format (every worker's, in multiprocess mode)."""
+        self.threads.set(threading.active_count())
+        self.asyncio_tasks.set(_asyncio_tasks())
+        if self.shared_dir is None:
+            return generate_latest(self.registry)
+        shared = CollectorRegistry()
+        MultiProcessCollector(shared, path=self.shared_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(shared) + generate_latest(self.live_registry)
 
 
 def _asyncio_tasks() -> float:

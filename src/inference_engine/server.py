@@ -34,6 +34,8 @@ from inference_engine.tracing import build_tracer_provider, get_tracer
 if TYPE_CHECKING:  # the SDK is an optional extra
     from opentelemetry.sdk.trace import TracerProvider
 
+    from inference_engine.workers import WorkerSlot
+
 logger = logging.getLogger("inference_engine.server")
 
 
@@ -47,6 +49,12 @@ def check_settings(settings: Settings) -> None:
             "or IE_AUTH__ENABLED=false"
         )
     server = settings.server
+    if server.workers > 1 and server.model_control:
+        logger.warning(
+            "model control is refused with server.workers above 1: a load or unload would change one "
+            "worker; edit the model folders with server.repository_poll_s set, or restart",
+            extra={"workers": server.workers},
+        )
     if server.shutdown_delay_s > server.drain_timeout_s:
         raise ConfigError(
             f"invalid configuration:\n  server.shutdown_delay_s ({server.shutdown_delay_s:g}) exceeds "
@@ -61,17 +69,19 @@ def build_app(
     tracer_provider: TracerProvider | None = None,
     *,
     grpc: bool = False,
+    slot: WorkerSlot | None = None,
 ) -> FastAPI:
     """Validate the model repository and build the app; raises ``ModelLoadError`` if it is unusable.
 
     ``tracer_provider`` replaces the one ``tracing`` settings would build (tests pass their own).
     ``grpc``: also listen for gRPC when ``grpc.enabled`` (``serve`` asks; an app built in a test
-    process serves HTTP only unless the test asks too).
+    process serves HTTP only unless the test asks too). ``slot``: this is one of
+    ``server.workers`` processes (metrics shared through its folder).
     """
     check_settings(settings)
     if metrics is None:
-        metrics = Metrics()
-        watch_cuda(metrics.registry)  # GPU memory and utilisation, where CUDA is present
+        metrics = Metrics(shared_dir=slot.metrics_dir if slot is not None else None)
+        watch_cuda(metrics.live_registry)  # GPU memory and utilisation, where CUDA is present
     tracer_provider = tracer_provider or build_tracer_provider(settings.tracing)
     specs, broken = scan_repository(settings.model_repository, settings.batching, settings.models or None)
     if not settings.models:
@@ -104,8 +114,16 @@ def build_app(
     access = AccessPolicy.from_settings(settings.auth, settings.rate_limit, metrics, settings.fairness)
     transports: list[Transport] = []
     if grpc and settings.grpc.enabled:
-        transports.append(GrpcTransport(settings, service, metrics, access))
-    return create_app(settings, service, metrics, tracer_provider, access=access, transports=transports)
+        transports.append(GrpcTransport(settings, service, metrics, access, share_port=slot is not None))
+    return create_app(
+        settings,
+        service,
+        metrics,
+        tracer_provider,
+        access=access,
+        transports=transports,
+        listen_when_loaded=slot is not None,
+    )
 
 
 def split_absent_weights(specs: list[ModelSpec]) -> tuple[list[ModelSpec], dict[str, str]]:
@@ -135,12 +153,21 @@ def set_torch_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def serve(settings: Settings) -> int:
-    """Run until SIGINT/SIGTERM; models load in the background while ``/health`` answers."""
-    configure_logging(settings.logging)
+def serve(settings: Settings, slot: WorkerSlot | None = None) -> int:
+    """Run until SIGINT/SIGTERM; models load in the background while ``/health`` answers.
+
+    With ``server.workers`` above 1 this process supervises that many servers (``slot``: this is
+    one of them, listening beside the others).
+    """
+    configure_logging(settings.logging, worker=slot.index if slot is not None else None)
+    if settings.server.workers > 1 and slot is None:
+        from inference_engine.workers import supervise
+
+        check_settings(settings)  # before any worker starts: one error, not N
+        return supervise(settings)
     if settings.torch_threads:
         set_torch_threads(settings.torch_threads)
-    app = build_app(settings, grpc=True)
+    app = build_app(settings, grpc=True, slot=slot)
     service: InferenceService = app.state.service
     logger.info(
         "starting inference-engine",
@@ -169,12 +196,19 @@ def serve(settings: Settings) -> int:
     # graceful stop into a normal exit with status 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stopped_by_signal)
-    DrainingServer(
+    server = DrainingServer(
         config,
         service,
         drain_timeout_s=settings.server.drain_timeout_s,
         shutdown_delay_s=settings.server.shutdown_delay_s,
-    ).run()
+    )
+    if slot is None:
+        server.run()
+    else:  # one of several workers: a listener of its own on the shared port
+        from inference_engine.workers import port_socket
+
+        # Bound, not listening: the loop listens once the start-up (the models' load) is done.
+        server.run(sockets=[port_socket(settings.server.host, settings.server.port)])
     logger.info("stopped")
     return 0
 

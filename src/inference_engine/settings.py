@@ -51,6 +51,11 @@ class ServerSettings(_Section):
     """Cap on a client's own deadline (header ``X-Request-Timeout-Ms``)."""
     preprocess_workers: int = Field(0, ge=0)
     """Threads that decode and pre-process images; 0 means one per CPU core."""
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes on the port, each with its own models, queues and decode pool (the kernel
+    spreads connections across them). Above 1 for light models bound by one process's GIL
+    (docs/OPERATIONS.md): N copies of every model in memory, metrics summed across workers,
+    in-memory rate limits per worker, model control refused."""
     drain_timeout_s: float = Field(20.0, ge=0)
     """On shutdown, how long queued and running requests may take to finish."""
     shutdown_delay_s: float = Field(0.0, ge=0)

@@ -46,8 +46,14 @@ def create_app(
     *,
     access: AccessPolicy | None = None,
     transports: Sequence[Transport] = (),
+    listen_when_loaded: bool = False,
 ) -> FastAPI:
-    """The HTTP application; ``access`` is shared with the ``transports`` (one rate limit per key)."""
+    """The HTTP application; ``access`` is shared with the ``transports`` (one rate limit per key).
+
+    ``listen_when_loaded``: the start-up (and so the listeners, which open after it) waits until
+    every model has loaded: one of several workers on a port takes no connection it would answer
+    503 while the others could serve it.
+    """
     access = access or AccessPolicy.from_settings(
         settings.auth, settings.rate_limit, metrics, settings.fairness
     )
@@ -62,6 +68,8 @@ def create_app(
         watchdog.start()
         started: list[Transport] = []
         try:
+            if listen_when_loaded:
+                await service.wait_loaded()
             for transport in transports:
                 await transport.start()
                 started.append(transport)

@@ -60,18 +60,18 @@ def build_router(service: InferenceService, settings: Settings) -> APIRouter:
         responses={400: {"description": "The folder or a version is wrong; what served still serves"}},
     )
     async def load(name: str, request: Request) -> JSONResponse:
-        check_control_request(settings.server.model_control)
+        check_control_request(settings.server)
         document = await _document(InferenceCall(request, settings.server))
         parameters = document.get("parameters") or {}
         if not isinstance(parameters, dict):
             raise BadRequest("'parameters' must be an object")
-        check_control_request(True, parameters)
+        check_control_request(settings.server, parameters)
         await control.load(name)
         return JSONResponse({})
 
     @router.post(f"{PREFIX}/models/{{name}}/unload", summary="Drain and unload every version of a model")
     async def unload(name: str, request: Request) -> JSONResponse:
-        check_control_request(settings.server.model_control)
+        check_control_request(settings.server)
         await _document(InferenceCall(request, settings.server))
         await control.unload(name)
         return JSONResponse({})

@@ -61,9 +61,17 @@ class GrpcTransport:
     """Started by the app's lifespan once the service runs; stopped before the service drains."""
 
     def __init__(
-        self, settings: Settings, service: InferenceService, metrics: Metrics, access: AccessPolicy
+        self,
+        settings: Settings,
+        service: InferenceService,
+        metrics: Metrics,
+        access: AccessPolicy,
+        *,
+        share_port: bool = False,
     ) -> None:
+        """``share_port``: one of ``server.workers`` processes, binding the port beside the others."""
         self.settings = settings
+        self._share_port = share_port
         self.service = service
         self.calls = Calls(settings.server, metrics, access, settings.logging.access_log)
         self.port: int | None = None  # the bound port, once started
@@ -78,8 +86,9 @@ class GrpcTransport:
             options=[
                 ("grpc.max_receive_message_length", max_message),
                 ("grpc.max_send_message_length", -1),  # answers are the server's own, and bounded
-                # Without this a second server binds the same port and the kernel splits the calls.
-                ("grpc.so_reuseport", 0),
+                # Without this a second server binds the same port and the kernel splits the calls;
+                # which is what several workers want (the supervisor holds the port for them).
+                ("grpc.so_reuseport", 1 if self._share_port else 0),
             ],
             # Past this many calls in progress new ones get RESOURCE_EXHAUSTED at once, as HTTP's
             # connections past server.max_connections get 503.

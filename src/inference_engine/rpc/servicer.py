@@ -224,7 +224,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelLoadRequest, context: Context
     ) -> pb.RepositoryModelLoadResponse:
         async def load(call: RpcCall) -> pb.RepositoryModelLoadResponse:
-            check_control_request(self.settings.server.model_control, request.parameters)
+            check_control_request(self.settings.server, request.parameters)
             await self.service.control.load(request.model_name)
             return pb.RepositoryModelLoadResponse()
 
@@ -234,7 +234,7 @@ class InferenceServicer(GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: Context
     ) -> pb.RepositoryModelUnloadResponse:
         async def unload(call: RpcCall) -> pb.RepositoryModelUnloadResponse:
-            check_control_request(self.settings.server.model_control)
+            check_control_request(self.settings.server)
             await self.service.control.unload(request.model_name)
             return pb.RepositoryModelUnloadResponse()
 
