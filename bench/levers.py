@@ -328,17 +328,38 @@ SERVED: dict[str, Lever] = {
         ),
         Lever(
             "workers_onnx",
-            "server.workers: one process with 2 intra-op threads vs two with 1 each (EfficientNet-Lite0 "
-            "on ONNX Runtime: no thread barrier across cores, two batch loops)",
+            "server.workers: one process with 2 intra-op threads vs two with 1 or 2 each "
+            "(EfficientNet-Lite0 on ONNX Runtime: no thread barrier across cores, two batch loops)",
             "efficientnet_lite0_onnx",
             (
                 Variant("1 worker, 2 intra-op threads"),
                 Variant("2 workers, 1 intra-op thread each", _t(1), env={"IE_SERVER__WORKERS": "2"}),
-                Variant(
-                    "2 workers, 1 intra-op and 1 decode thread each",
-                    _t(1),
-                    env={"IE_SERVER__WORKERS": "2", "IE_SERVER__PREPROCESS_WORKERS": "1"},
-                ),
+                Variant("2 workers, 2 intra-op threads each", env={"IE_SERVER__WORKERS": "2"}),
+            ),
+            levels=(1, 8, 32),
+            duration_s=4.0,
+        ),
+        Lever(
+            "elastic_onnx",
+            "one instance vs two sharing the thread budget pass by pass (EfficientNet-Lite0 on ONNX "
+            "Runtime), more rounds than instances_onnx",
+            "efficientnet_lite0_onnx",
+            (
+                Variant("1 instance, 2 intra-op threads"),
+                Variant("2 instances sharing 2 threads", {"instances": 2}),
+            ),
+            levels=(1, 32),
+            duration_s=5.0,
+        ),
+        Lever(
+            "instances_onnx",
+            "two model instances with 1 intra-op thread each in one process vs one with 2 (EfficientNet-"
+            "Lite0 on ONNX Runtime: what workers_onnx wins, without a second process)",
+            "efficientnet_lite0_onnx",
+            (
+                Variant("1 instance, 2 intra-op threads"),
+                Variant("2 instances, 1 intra-op thread each", {"instances": 2, "intra_op_threads": 1}),
+                Variant("2 instances sharing 2 threads (a lone pass takes both)", {"instances": 2}),
             ),
             levels=(1, 8, 32),
             duration_s=4.0,
