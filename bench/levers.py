@@ -340,18 +340,6 @@ SERVED: dict[str, Lever] = {
             duration_s=4.0,
         ),
         Lever(
-            "elastic_onnx",
-            "one instance vs two sharing the thread budget pass by pass (EfficientNet-Lite0 on ONNX "
-            "Runtime), more rounds than instances_onnx",
-            "efficientnet_lite0_onnx",
-            (
-                Variant("1 instance, 2 intra-op threads"),
-                Variant("2 instances sharing 2 threads", {"instances": 2}),
-            ),
-            levels=(1, 32),
-            duration_s=5.0,
-        ),
-        Lever(
             "instances_onnx",
             "two model instances with 1 intra-op thread each in one process vs one with 2 (EfficientNet-"
             "Lite0 on ONNX Runtime: what workers_onnx wins, without a second process)",
@@ -359,7 +347,6 @@ SERVED: dict[str, Lever] = {
             (
                 Variant("1 instance, 2 intra-op threads"),
                 Variant("2 instances, 1 intra-op thread each", {"instances": 2, "intra_op_threads": 1}),
-                Variant("2 instances sharing 2 threads (a lone pass takes both)", {"instances": 2}),
             ),
             levels=(1, 8, 32),
             duration_s=4.0,

@@ -27,7 +27,6 @@ from inference_engine.labelcache import LabelEmbeddingCache
 from inference_engine.metrics import Metrics
 from inference_engine.models.base import Capabilities, ModelConfig, ModelHandler
 from inference_engine.models.loader import HandlerClass, ModelSpec
-from inference_engine.models.passes import RunningPasses
 from inference_engine.reuse import Reuse
 from inference_engine.stats import ModelStatistics
 
@@ -144,12 +143,10 @@ class ModelRuntime:
         started = time.monotonic()
         try:
             handler_class = self.spec.handler_class
-            passes = RunningPasses()  # one count for all instances: they share the cores
             for index in range(config.instances):
                 worker = ModelWorker(f"model-{self.name}-v{self.version}-{index}")
                 self.workers.append(worker)
                 handler = handler_class(config, self.spec.directory)
-                handler.passes = passes
                 try:
                     await worker.call(handler.load, config.device)
                 except ModelLoadError as exc:
@@ -157,7 +154,6 @@ class ModelRuntime:
                         raise
                     handler_class = self._fall_back(exc)
                     handler = handler_class(config, self.spec.directory)
-                    handler.passes = passes
                     await worker.call(handler.load, config.device)
                 if handler.config.backend == "auto":  # settled: the runtime that actually serves
                     settled = {"backend": handler_class.runtime_backend}

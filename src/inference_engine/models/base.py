@@ -29,7 +29,6 @@ from PIL import Image
 
 from inference_engine.models.capabilities import Capabilities, Embedding, Task
 from inference_engine.models.config import ModelConfig, ModelFile, PreprocessingConfig
-from inference_engine.models.passes import RunningPasses
 
 __all__ = [
     "Capabilities",
@@ -55,8 +54,6 @@ class ModelHandler(ABC, Generic[ItemT, OutputT]):
     def __init__(self, config: ModelConfig, model_dir: Path) -> None:
         self.config = config
         self.model_dir = model_dir
-        #: The passes of this model's instances running now; the runtime shares one among them.
-        self.passes = RunningPasses()
 
     @classmethod
     def weights_missing(cls, config: ModelConfig, model_dir: Path) -> str | None:

@@ -25,13 +25,9 @@ file, the execution provider, the input's element type and shape against ``dtype
   decode the next requests (measured in docs/PERFORMANCE.md). Turn it on for a machine that
   only runs the model.
 
-Threads: the top-level ``intra_op_threads`` sets ONNX Runtime's intra-op pool of each instance
-(left null: one thread per core). With ``instances`` above 1 on the CPU the instances share that
-budget pass by pass: each instance also holds a session with a share of the threads (half, for
-two instances), and a pass that starts while others run takes the share, so two passes at once
-use the cores once instead of twice, while a lone pass still gets every thread
-(:mod:`inference_engine.models.passes`; measured in docs/PERFORMANCE.md, lever ``instances_onnx``).
-Set ``intra_op_threads: 1`` for fixed single-threaded instances.
+Threads: the top-level ``intra_op_threads`` sets ONNX Runtime's intra-op pool of each instance.
+Left null, ONNX Runtime decides (one thread per physical core); set it when several instances or
+other processes share the CPU, so their thread pools do not oversubscribe the cores.
 
 A model exported with a fixed batch dimension (say 1) still serves: the batcher's batches are
 run in chunks of that size, the last chunk padded. It costs the speed batching would have won,
@@ -43,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
@@ -64,7 +59,6 @@ from inference_engine.models.base import (
 )
 from inference_engine.models.capabilities import ImageEmbedder, TensorInput
 from inference_engine.models.labels import resolve_labels
-from inference_engine.models.passes import share_for, thread_shares
 from inference_engine.models.transforms import to_chw_array
 from inference_engine.numerics import l2_normalise, softmax, top_k_predictions
 
@@ -241,9 +235,6 @@ class OnnxImageModel(TensorInput, ImageEmbedder, ModelHandler[Array, Array]):
         # here, so capabilities() is right before load too
         self.options = parse_options(config, self.family_options)
         self._session: Any = None
-        #: Sessions by intra-op threads, for a pass that shares the cores with other instances'.
-        self._shared_sessions: dict[int, Any] = {}
-        self._thread_budget = 0
         self._input_name = ""
         self._output_name = ""
         self._input_dtype: type[np.floating[Any]] = np.float32
@@ -260,7 +251,28 @@ class OnnxImageModel(TensorInput, ImageEmbedder, ModelHandler[Array, Array]):
             self._labels = resolve_labels(self.config.labels, self.model_dir)
         source = self.onnx_source()
         providers = select_providers(device, ort.get_available_providers())
-        session = self._session_with(ort, source, providers, self.config.intra_op_threads)
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = {
+            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.options.graph_optimization]
+        if self.config.intra_op_threads is not None:
+            session_options.intra_op_num_threads = self.config.intra_op_threads
+        session_options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.options.allow_spinning else "0"
+        )
+        shown = self.config.weights or "the converted graph"
+        try:
+            session = ort.InferenceSession(
+                str(source) if isinstance(source, Path) else source,
+                sess_options=session_options,
+                providers=providers,
+            )
+        except Exception as exc:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"ONNX Runtime cannot load {shown}: {first}") from None
         if device.startswith("cuda") and _CUDA not in session.get_providers():
             raise ModelLoadError(
                 f"device {device!r}: ONNX Runtime's {_CUDA} failed to start (CUDA or cuDNN libraries "
@@ -269,15 +281,6 @@ class OnnxImageModel(TensorInput, ImageEmbedder, ModelHandler[Array, Array]):
         self._check_input(session)
         self._check_output(session)
         self._session = session
-        if not device.startswith("cuda") and self.config.instances > 1:
-            self._thread_budget = self.config.intra_op_threads or os.cpu_count() or 1
-            dummy = np.zeros(
-                [self._fixed_batch or 1, *expected_input(self.config.preprocessing)], self._input_dtype
-            )
-            for threads in thread_shares(self._thread_budget, self.config.instances)[1:]:
-                shared = self._session_with(ort, source, providers, threads)
-                shared.run([self._output_name], {self._input_name: dummy})  # its first run allocates
-                self._shared_sessions[threads] = shared
         if self._width is None:  # symbolic output width: learn it from one dummy pass
             dummy = np.zeros([1, *expected_input(self.config.preprocessing)])
             self._width = int(self.forward(dummy).shape[1])
@@ -291,39 +294,6 @@ class OnnxImageModel(TensorInput, ImageEmbedder, ModelHandler[Array, Array]):
                 "ONNX model has a fixed batch size; batches run in chunks of it",
                 extra={"model": self.config.name, "fixed_batch": self._fixed_batch},
             )
-
-    def _session_with(
-        self, ort: Any, source: Path | bytes, providers: list[Provider], threads: int | None
-    ) -> Any:
-        """An inference session on ``source`` with ``threads`` intra-op threads (None: one per core)."""
-        session_options = ort.SessionOptions()
-        session_options.graph_optimization_level = {
-            "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.options.graph_optimization]
-        if threads is not None:
-            session_options.intra_op_num_threads = threads
-        session_options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if self.options.allow_spinning else "0"
-        )
-        try:
-            return ort.InferenceSession(
-                str(source) if isinstance(source, Path) else source,
-                sess_options=session_options,
-                providers=providers,
-            )
-        except Exception as exc:  # ORT raises its own pybind types (InvalidProtobuf, Fail, ...)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            shown = self.config.weights or "the converted graph"
-            raise ModelLoadError(f"ONNX Runtime cannot load {shown}: {first}") from None
-
-    def _session_for(self, passes: int) -> Any:
-        """The session for a pass that runs beside ``passes - 1`` others of this model's instances."""
-        if not self._shared_sessions:
-            return self._session
-        return self._shared_sessions.get(share_for(self._thread_budget, passes), self._session)
 
     def onnx_source(self) -> Path | bytes:
         """The ONNX model to load: the file ``weights`` names (a subclass may build one)."""
@@ -397,15 +367,13 @@ class OnnxImageModel(TensorInput, ImageEmbedder, ModelHandler[Array, Array]):
         count = batch.shape[0]
         step = self._fixed_batch or count
         chunks = []
-        with self.passes.running() as passes:
-            session = self._session_for(passes)
-            for start in range(0, count, step):
-                chunk = batch[start : start + step]
-                pad = step - chunk.shape[0]
-                if pad:
-                    chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-                (out,) = session.run([self._output_name], {self._input_name: chunk})
-                chunks.append(np.asarray(out).reshape(step, -1)[: step - pad])
+        for start in range(0, count, step):
+            chunk = batch[start : start + step]
+            pad = step - chunk.shape[0]
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
+            (out,) = self._session.run([self._output_name], {self._input_name: chunk})
+            chunks.append(np.asarray(out).reshape(step, -1)[: step - pad])
         return np.concatenate(chunks).astype(np.float32, copy=False)
 
     def predict(self, items: Sequence[Array]) -> Sequence[Array | BaseException]:
@@ -439,4 +407,3 @@ class OnnxImageModel(TensorInput, ImageEmbedder, ModelHandler[Array, Array]):
 
     def unload(self) -> None:
         self._session = None
-        self._shared_sessions.clear()

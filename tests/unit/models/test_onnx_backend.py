@@ -226,24 +226,6 @@ def test_options_pick_the_graph_threads_and_optimisation(folder: Path) -> None:
     assert len(handler.predict([handler.preprocess(PHOTOS[0])])) == 1
 
 
-def test_instances_share_the_thread_budget_pass_by_pass(folder: Path) -> None:
-    handler = loaded(folder, instances=2, intra_op_threads=2)
-    assert set(handler._shared_sessions) == {1}  # the full session, and one with half the threads
-    with handler.passes.running():  # another instance's pass is running
-        assert handler._session_for(2) is handler._shared_sessions[1]
-        shared = handler.predict([handler.preprocess(PHOTOS[0])])
-    alone = handler.predict([handler.preprocess(PHOTOS[0])])
-    assert handler._session_for(1) is handler._session
-    np.testing.assert_allclose(shared[0], alone[0], rtol=1e-5, atol=1e-6)  # the same answer either way
-    handler.unload()
-    assert not handler._shared_sessions
-
-
-def test_one_instance_or_one_thread_keeps_one_session(folder: Path) -> None:
-    assert not loaded(folder, instances=1)._shared_sessions
-    assert not loaded(folder, instances=3, intra_op_threads=1)._shared_sessions
-
-
 # --- load-time refusals ---------------------------------------------------------------------------
 
 
