@@ -67,7 +67,7 @@ test-fast: install-dev ## Tests only, no coverage
 	$(BIN)/python -m pytest -q -x $(PYTEST_ARGS)
 
 ARGS ?=
-bench: install-dev ## Benchmark suite: served vs raw model as ratios, plots in bench/results (~18 min; ARGS=--quick)
+bench: install-dev ## Benchmark suite: served vs raw model as ratios, plots in bench/results (~22 min; ARGS=--quick)
 	$(BIN)/python -m bench.run $(ARGS)
 
 bench-quick: install-dev ## The benchmark suite's quick mode (~4 min), a smoke run; results in bench/results/quick.*

@@ -94,6 +94,7 @@ from bench.workloads import (
     ZIPF_S,
     ZIPF_SEED,
     ApiProtocol,
+    ModelSpec,
     image_set,
     model_specs,
     request_set,
@@ -120,12 +121,13 @@ class Workload:
     shadow: bool = False  # two identical versions, every request copied to version 2 (SHADOW_OVERRIDES)
     transports: bool = False  # the same images over REST and gRPC (bench.transports), no raw passes
     cache: bool = False  # a Zipf mix to a server with the output cache and one without, no raw passes
+    workers: int = 1  # server processes on the port (server.workers)
 
     @property
     def twin(self) -> str:
         """The plain workload this one is a variant of (itself for a plain one)."""
         name = self.name
-        for variant in ("@v2", "@shadow", "@transports", "@cache"):
+        for variant in ("@v2", "@shadow", "@transports", "@cache", "@workers"):
             name = name.partition(variant)[0]
         return name
 
@@ -138,6 +140,11 @@ class Workload:
     def versions(self) -> tuple[int, ...]:
         """Numbered version folders of the served model (none: the plain layout)."""
         return (1, 2) if self.shadow else ()
+
+    def server_env(self, spec: ModelSpec) -> dict[str, str]:
+        """The server's ``IE_*`` variables: the model's, and the workers this workload asks for."""
+        workers = {"IE_SERVER__WORKERS": str(self.workers)} if self.workers > 1 else {}
+        return {**spec.settings_env, **workers}
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -186,11 +193,25 @@ CACHE_WORKLOADS = tuple(
     for w in NATIVE_WORKLOADS
     if w.name in ("tiny_cnn", "efficientnet_lite0")
 )
+#: Two server processes on the port (``server.workers: 2``) for the model one process's GIL holds
+#: back; its raw ceiling is the plain twin's (the same pipeline in one process, all cores).
+WORKERS_WORKLOADS = tuple(
+    replace(w, name=f"{w.name}@workers2", workers=2) for w in NATIVE_WORKLOADS if w.name == "tiny_cnn"
+)
 WORKLOADS = {
     w.name: w
-    for w in (*NATIVE_WORKLOADS, *V2_WORKLOADS, *SHADOW_WORKLOADS, *TRANSPORT_WORKLOADS, *CACHE_WORKLOADS)
+    for w in (
+        *NATIVE_WORKLOADS,
+        *V2_WORKLOADS,
+        *SHADOW_WORKLOADS,
+        *TRANSPORT_WORKLOADS,
+        *CACHE_WORKLOADS,
+        *WORKERS_WORKLOADS,
+    )
 }
-DEFAULT_WORKLOADS = tuple(w.name for w in (*NATIVE_WORKLOADS, *TRANSPORT_WORKLOADS, *CACHE_WORKLOADS))
+DEFAULT_WORKLOADS = tuple(
+    w.name for w in (*NATIVE_WORKLOADS, *TRANSPORT_WORKLOADS, *CACHE_WORKLOADS, *WORKERS_WORKLOADS)
+)
 QUICK_WORKLOADS = ("tiny_cnn", "efficientnet_lite0", "efficientnet_lite0@transports", "tiny_cnn@cache")
 
 
@@ -464,7 +485,9 @@ def served(
     bodies = request_set(workload.model, workload.images, workload.protocol)
     closed: dict[int, list[dict[str, Any]]] = {c: [] for c in plan.concurrency(workload)}
     opened: dict[float, list[dict[str, Any]]] = {}
-    with ServedModel(repo, workload.model, env=spec.settings_env, log_path=log_path).start() as server:
+    with ServedModel(
+        repo, workload.model, env=workload.server_env(spec), log_path=log_path
+    ).start() as server:
         requests = [
             load.build_request(bodies.path, body, server.port, bodies.content_type) for body in bodies.bodies
         ]
@@ -778,7 +801,7 @@ def run_workload(
         "versions": list(workload.versions),
         "description": spec.description,
         "model_yaml": {k: v for k, v in document.items() if k != "weights"},
-        "server_env": spec.settings_env,
+        "server_env": workload.server_env(spec),
         "raw": {"pass1": raw1, "pass2": raw2, "best_pipeline": best},
         "served": service,
         "seconds": time.perf_counter() - started,

@@ -409,3 +409,12 @@ async def test_error_statuses_are_errors_not_latencies() -> None:
         window = await load.closed_loop(port, [load.build_request("/p", b"x", port)], 2, 0.0, 0.2)
     result = window.result()
     assert result["requests"] == 0 and result["errors"] > 0 and set(result["statuses"]) == {"503"}
+
+
+def test_the_workers_workload_runs_two_server_processes_against_its_twins_ceiling() -> None:
+    workload = run.WORKLOADS["tiny_cnn@workers2"]
+    spec = model_specs()["tiny_cnn"]
+    assert workload.twin == "tiny_cnn" and workload.model == "tiny_cnn"
+    assert workload.server_env(spec) == {**spec.settings_env, "IE_SERVER__WORKERS": "2"}
+    assert run.WORKLOADS["tiny_cnn"].server_env(spec) == spec.settings_env
+    assert "tiny_cnn@workers2" in run.DEFAULT_WORKLOADS
