@@ -174,8 +174,6 @@ class Supervisor:
             yield self.settings.model_copy(update=update)
 
     def _start(self, index: int) -> None:
-        from inference_engine.workers import run_worker  # the spawned child imports it by name
-
         slot = WorkerSlot(index=index, metrics_dir=self._metrics_dir)
         process = self._context.Process(
             target=run_worker, args=(self.settings, slot), name=f"inference-engine-worker-{index}"
