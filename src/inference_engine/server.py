@@ -49,12 +49,6 @@ def check_settings(settings: Settings) -> None:
             "or IE_AUTH__ENABLED=false"
         )
     server = settings.server
-    if server.workers > 1 and server.model_control:
-        logger.warning(
-            "model control is refused with server.workers above 1: a load or unload would change one "
-            "worker; edit the model folders with server.repository_poll_s set, or restart",
-            extra={"workers": server.workers},
-        )
     if server.shutdown_delay_s > server.drain_timeout_s:
         raise ConfigError(
             f"invalid configuration:\n  server.shutdown_delay_s ({server.shutdown_delay_s:g}) exceeds "

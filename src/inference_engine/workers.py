@@ -151,6 +151,12 @@ class Supervisor:
                 "starting workers",
                 extra={"workers": server.workers, "host": server.host, "port": settings.server.port},
             )
+            if server.model_control:
+                logger.warning(
+                    "model control is refused with server.workers above 1: a load or unload would change "
+                    "one worker; edit the model folders with server.repository_poll_s set, or restart",
+                    extra={"workers": server.workers},
+                )
             for index in range(server.workers):
                 self._start(index)
             code = self._watch()

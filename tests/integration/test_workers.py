@@ -115,6 +115,12 @@ def test_model_control_is_refused_with_several_workers(server: ServerProcess) ->
         response = client.post("/v2/repository/models/tiny_cnn/load", json={})
     assert response.status_code == 403
     assert "server.workers 2" in response.text
+    warned = [
+        line
+        for line in log_lines(server)
+        if str(line.get("message", "")).startswith("model control is refused")
+    ]
+    assert len(warned) == 1 and "worker" not in warned[0]  # said once, by the supervisor
 
 
 def test_a_killed_worker_is_replaced_while_the_other_serves(server: ServerProcess) -> None:
